@@ -1,0 +1,297 @@
+//! The command line, in solo5-hvt's spellings: options, then the kernel, then the guest's
+//! arguments. A pre-pass takes out the `--X:NAME=VALUE` forms, which clap cannot express, and
+//! finds where the kernel is; clap parses the rest.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use guest_abi::{ABI_VERSION, MFT_NAME_MAX};
+
+use crate::config::{BlockSpec, Config, NetSpec, parse_mem_mib};
+use crate::devices::net::{TapSource, parse_mac};
+
+/// Options that take a value, which may be the next argument (`--mem 512`).
+const VALUE_OPTIONS: [&str; 3] = ["--mem", "--net", "--block"];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tender",
+    about = "Run a Solo5 hvt unikernel in a KVM virtual machine.",
+    override_usage = "tender [OPTIONS] [--] KERNEL [ARGS...]",
+    disable_version_flag = true,
+    after_help = "Device options (NAME is a device the unikernel declares in its manifest):
+      --block:NAME=PATH              Attach block device NAME to the file PATH
+      --block-sector-size:NAME=N     Block size of NAME (a power of two >= 512; default 512)
+      --net:NAME=IFACE               Attach net device NAME to the existing tap interface IFACE
+      --net:NAME=@FD                 Attach net device NAME to the open tap file descriptor FD
+      --net-mac:NAME=xx:xx:xx:xx:xx:xx  MAC address of NAME (default: random, locally administered)
+
+Everything after KERNEL is passed to the guest as its command line.
+Exit status: the guest's status when it exits (255 when it aborts or faults); 1 when tender
+reports an error, the guest breaks the ABI, or tender is stopped by SIGINT or SIGTERM."
+)]
+struct Cli {
+    /// Guest memory in MiB (rounded down to 2 MiB; 2 to 4096)
+    #[arg(long, value_name = "MB", default_value_t = guest_abi::MEM_DEFAULT_MIB.to_string())]
+    mem: String,
+    /// Attach the unikernel's only net device to the tap interface IFACE
+    #[arg(long, value_name = "IFACE|@FD")]
+    net: Option<String>,
+    /// Attach the unikernel's only block device to the file PATH
+    #[arg(long, value_name = "PATH")]
+    block: Option<PathBuf>,
+    /// Print version and ABI version
+    #[arg(long)]
+    version: bool,
+    /// The unikernel ELF
+    #[arg(value_name = "KERNEL")]
+    kernel: Option<PathBuf>,
+}
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run {
+        config: Config,
+        warnings: Vec<String>,
+    },
+    /// Text for stdout, exit 0.
+    Info(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+fn invalid(opt: &str) -> CliError {
+    CliError(format!("Invalid option: `{opt}'"))
+}
+
+/// A `--KIND:NAME=VALUE` option.
+struct Named<'a> {
+    kind: &'a str,
+    name: &'a str,
+    value: &'a str,
+}
+
+fn split_named(arg: &str) -> Option<Named<'_>> {
+    let rest = arg.strip_prefix("--")?;
+    let (kind, rest) = rest.split_once(':')?;
+    let (name, value) = rest.split_once('=')?;
+    Some(Named { kind, name, value })
+}
+
+fn valid_device_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MFT_NAME_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Parses `args` (without the program name).
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
+    let args: Vec<String> = args.into_iter().collect();
+    let mut for_clap = vec!["tender".to_string()];
+    let mut named: Vec<Named<'_>> = Vec::new();
+    let mut guest_args: &[String] = &[];
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        if arg == "--" {
+            if let Some(kernel) = args.get(i + 1) {
+                for_clap.extend(["--".to_string(), kernel.clone()]);
+                guest_args = &args[i + 2..];
+            }
+            break;
+        }
+        if !arg.starts_with('-') || arg == "-" {
+            for_clap.push(arg.clone());
+            guest_args = &args[i + 1..];
+            break;
+        }
+        if arg.contains(':') && arg.starts_with("--") && !arg.starts_with("--mem") {
+            named.push(split_named(arg).ok_or_else(|| invalid(arg))?);
+        } else {
+            for_clap.push(arg.clone());
+            if VALUE_OPTIONS.contains(&arg.as_str())
+                && let Some(value) = args.get(i + 1)
+            {
+                for_clap.push(value.clone());
+                i += 1;
+            }
+        }
+        i += 1;
+    }
+
+    let cli = match Cli::try_parse_from(&for_clap) {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            return Ok(Command::Info(e.render().to_string()));
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid command line");
+            return Err(CliError(first.trim_start_matches("error: ").to_string()));
+        }
+    };
+    if cli.version {
+        return Ok(Command::Info(format!(
+            "tender {} (Solo5 hvt ABI version {ABI_VERSION})\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+    let kernel = cli
+        .kernel
+        .ok_or_else(|| CliError("Missing KERNEL operand (see --help)".into()))?;
+
+    let mut config = Config::new(kernel);
+    let mut warnings = Vec::new();
+    let (mem, adjusted) = parse_mem_mib(&cli.mem).map_err(|e| CliError(e.to_string()))?;
+    if adjusted {
+        warnings.push(format!("adjusting memory to {mem} bytes"));
+    }
+    config.mem_bytes = mem;
+    config.guest_args = guest_args.to_vec();
+    if let Some(path) = cli.block {
+        config.blocks.push(BlockSpec {
+            name: None,
+            path,
+            block_size: None,
+        });
+    }
+    if let Some(iface) = cli.net {
+        config.nets.push(NetSpec {
+            name: None,
+            source: tap_source(&iface)?,
+            mac: None,
+        });
+    }
+
+    // Attachments first, so that sector sizes and MACs can refer to them in any order.
+    for n in named
+        .iter()
+        .filter(|n| n.kind == "block" || n.kind == "net")
+    {
+        let opt = format!("--{}:{}={}", n.kind, n.name, n.value);
+        if !valid_device_name(n.name) || n.value.is_empty() {
+            return Err(invalid(&opt));
+        }
+        let name = Some(n.name.to_string());
+        if n.kind == "block" {
+            config.blocks.push(BlockSpec {
+                name,
+                path: n.value.into(),
+                block_size: None,
+            });
+        } else {
+            config.nets.push(NetSpec {
+                name,
+                source: tap_source(n.value)?,
+                mac: None,
+            });
+        }
+    }
+    for n in named
+        .iter()
+        .filter(|n| n.kind != "block" && n.kind != "net")
+    {
+        let opt = format!("--{}:{}={}", n.kind, n.name, n.value);
+        let name = Some(n.name.to_string());
+        match n.kind {
+            "block-sector-size" => {
+                let size: u16 = n.value.parse().map_err(|_| sector_size_error())?;
+                if size < 512 || !size.is_power_of_two() {
+                    return Err(sector_size_error());
+                }
+                let spec = config.blocks.iter_mut().find(|b| b.name == name);
+                spec.ok_or_else(|| CliError(format!("{opt}: no --block:{}=PATH given", n.name)))?
+                    .block_size = Some(size);
+            }
+            "net-mac" => {
+                let mac = parse_mac(n.value)
+                    .ok_or_else(|| CliError(format!("{opt}: malformed MAC address")))?;
+                let spec = config.nets.iter_mut().find(|s| s.name == name);
+                spec.ok_or_else(|| CliError(format!("{opt}: no --net:{}=IFACE given", n.name)))?
+                    .mac = Some(mac);
+            }
+            _ => return Err(invalid(&opt)),
+        }
+    }
+    Ok(Command::Run { config, warnings })
+}
+
+fn sector_size_error() -> CliError {
+    CliError("Block size must be a power of two greater than or equal to 512".into())
+}
+
+fn tap_source(value: &str) -> Result<TapSource, CliError> {
+    match value.strip_prefix('@') {
+        Some(fd) => fd
+            .parse::<i32>()
+            .ok()
+            .filter(|fd| *fd >= 0)
+            .map(TapSource::Fd)
+            .ok_or_else(|| CliError(format!("Malformed file descriptor: '{value}'"))),
+        None => Ok(TapSource::Interface(value.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, CliError> {
+        match parse(args.iter().map(|s| s.to_string()))? {
+            Command::Run { config, .. } => Ok(config),
+            Command::Info(t) => Err(CliError(t)),
+        }
+    }
+
+    #[test]
+    fn options_kernel_and_guest_args() {
+        let c = run(&["--mem", "64", "--net", "tap0", "k.elf", "--mem=3", "a"]).unwrap();
+        assert_eq!(c.mem_bytes, 64 << 20);
+        assert_eq!(c.kernel, PathBuf::from("k.elf"));
+        assert_eq!(c.guest_args, ["--mem=3", "a"]);
+        assert_eq!(c.nets[0].source, TapSource::Interface("tap0".into()));
+        let c = run(&["--mem=8", "--", "-k", "x"]).unwrap();
+        assert_eq!((c.mem_bytes, c.kernel.to_str().unwrap()), (8 << 20, "-k"));
+        assert_eq!(c.guest_args, ["x"]);
+    }
+
+    #[test]
+    fn named_devices() {
+        let c = run(&[
+            "--block-sector-size:d=4096",
+            "--block:d=/tmp/x",
+            "--net:n0=@3",
+            "--net-mac:n0=02:00:00:00:00:01",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(c.blocks[0].block_size, Some(4096));
+        assert_eq!(c.nets[0].source, TapSource::Fd(3));
+        assert_eq!(c.nets[0].mac, Some([2, 0, 0, 0, 0, 1]));
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        for (args, want) in [
+            (&["--foo", "k"][..], "unexpected argument '--foo'"),
+            (&[][..], "Missing KERNEL"),
+            (&["--mem=0", "k"][..], "below the minimum"),
+            (&["--mem=abc", "k"][..], "Malformed argument to --mem"),
+            (&["--block:bad-name=/x", "k"][..], "Invalid option"),
+            (&["--block:d", "k"][..], "Invalid option"),
+            (
+                &["--block:d=/x", "--block-sector-size:d=1000", "k"][..],
+                "power of two",
+            ),
+            (&["--net:n=@x", "k"][..], "Malformed file descriptor"),
+            (&["--net:n=t", "--net-mac:n=zz", "k"][..], "malformed MAC"),
+        ] {
+            let e = run(args).unwrap_err().0;
+            assert!(e.contains(want), "{args:?}: {e}");
+            assert!(!e.contains('\n'), "{args:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Network devices: a tap per `--net:NAME=IFACE` (or an open tap fd, `@FD`), NET_READ and
+//! NET_WRITE.
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use guest_abi::{HcNet, SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+
+use crate::memory::GuestRam;
+use crate::vm::HypercallError;
+
+/// Ethernet header length: frames may be up to MTU + this.
+pub const ETHERNET_HEADER: u64 = 14;
+const IFNAMSIZ: usize = 16;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const TUNGETIFF: libc::c_ulong = 0x800454d2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("Could not attach interface: {iface}: {err}")]
+    Attach { iface: String, err: std::io::Error },
+    #[error("Could not attach interface: {iface}: no such interface")]
+    NoSuchInterface { iface: String },
+    #[error("Could not attach interface: {iface}: interface name too long (max {} characters)", IFNAMSIZ - 1)]
+    NameTooLong { iface: String },
+    #[error("Could not attach interface: fd {fd}: not an open tap device (IFF_TAP|IFF_NO_PI)")]
+    NotATap { fd: RawFd },
+}
+
+/// Where a net device's tap comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TapSource {
+    /// An existing tap interface, by name.
+    Interface(String),
+    /// An already-open tap fd passed by an orchestrator (`@FD`).
+    Fd(RawFd),
+}
+
+pub struct NetDevice {
+    pub name: String,
+    tap: OwnedFd,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+}
+
+impl NetDevice {
+    pub fn open(name: &str, source: &TapSource, mac: Option<[u8; 6]>) -> Result<Self, NetError> {
+        let (tap, iface) = match source {
+            TapSource::Interface(iface) => (attach(iface)?, iface.clone()),
+            TapSource::Fd(fd) => adopt(*fd)?,
+        };
+        let attach_err = |err| NetError::Attach {
+            iface: iface.clone(),
+            err,
+        };
+        fcntl(&tap, FcntlArg::F_SETFL(OFlag::O_NONBLOCK | OFlag::O_RDWR))
+            .map_err(|e| attach_err(e.into()))?;
+        let mtu = interface_mtu(&iface).map_err(attach_err)?;
+        let mac = match mac {
+            Some(m) => m,
+            None => random_mac().map_err(attach_err)?,
+        };
+        Ok(NetDevice {
+            name: name.into(),
+            tap,
+            mac,
+            mtu,
+        })
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.tap.as_fd()
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.tap.as_raw_fd()
+    }
+
+    /// NET_WRITE: one frame from guest memory to the tap.
+    pub fn write(&self, ram: &GuestRam, req: &HcNet) -> Result<i32, HypercallError> {
+        if req.len > u64::from(self.mtu) + ETHERNET_HEADER {
+            return Ok(SOLO5_R_EINVAL);
+        }
+        let buf = ram.slice(req.data, req.len)?;
+        // SAFETY: `buf` is a checked range of guest RAM that stays mapped for this call; the
+        // kernel only reads from it.
+        let n = unsafe { libc::write(self.raw_fd(), buf.ptr_guard().as_ptr().cast(), buf.len()) };
+        Ok(match n {
+            n if n as u64 == req.len => SOLO5_R_OK,
+            n if n >= 0 => SOLO5_R_EUNSPEC,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+                SOLO5_R_AGAIN
+            }
+            _ => SOLO5_R_EUNSPEC,
+        })
+    }
+
+    /// NET_READ: at most one frame from the tap into guest memory. Returns the result code and
+    /// the frame length.
+    pub fn read(&self, ram: &GuestRam, req: &HcNet) -> Result<(i32, u64), HypercallError> {
+        let buf = ram.slice_mut(req.data, req.len)?;
+        // SAFETY: `buf` is a checked, host-writable range of guest RAM that stays mapped for
+        // this call.
+        let n = unsafe {
+            libc::read(
+                self.raw_fd(),
+                buf.ptr_guard_mut().as_ptr().cast(),
+                buf.len(),
+            )
+        };
+        Ok(match n {
+            n if n > 0 => (SOLO5_R_OK, n as u64),
+            0 => (SOLO5_R_AGAIN, 0),
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+                (SOLO5_R_AGAIN, 0)
+            }
+            _ => (SOLO5_R_EUNSPEC, 0),
+        })
+    }
+}
+
+/// Opens an existing tap interface. It must exist already: TUNSETIFF on an unknown name would
+/// silently create a new interface.
+fn attach(iface: &str) -> Result<OwnedFd, NetError> {
+    if iface.is_empty() || iface.len() >= IFNAMSIZ {
+        return Err(NetError::NameTooLong {
+            iface: iface.into(),
+        });
+    }
+    if nix::net::if_::if_nametoindex(iface).is_err() {
+        return Err(NetError::NoSuchInterface {
+            iface: iface.into(),
+        });
+    }
+    let tap = tun_tap::Iface::without_packet_info(iface, tun_tap::Mode::Tap).map_err(|err| {
+        NetError::Attach {
+            iface: iface.into(),
+            err,
+        }
+    })?;
+    if tap.name() != iface {
+        let err = std::io::Error::other(format!("kernel attached {} instead", tap.name()));
+        return Err(NetError::Attach {
+            iface: iface.into(),
+            err,
+        });
+    }
+    // SAFETY: `into_raw_fd` hands over sole ownership of the tap's open fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(tap.into_raw_fd()) })
+}
+
+/// Takes over an fd passed by the caller, after checking that it is a tap without packet info.
+fn adopt(fd: RawFd) -> Result<(OwnedFd, String), NetError> {
+    let not_tap = NetError::NotATap { fd };
+    if fd < 0 || fcntl(unsafe_borrow(fd), FcntlArg::F_GETFD).is_err() {
+        return Err(not_tap);
+    }
+    let mut ifr = [0u8; 40];
+    // SAFETY: TUNGETIFF writes a `struct ifreq` (40 bytes on x86-64) into `ifr`; on a non-tun fd
+    // it fails with EBADFD/EINVAL and writes nothing.
+    let rc = unsafe { libc::ioctl(fd, TUNGETIFF, ifr.as_mut_ptr()) };
+    let flags = libc::c_short::from_ne_bytes([ifr[16], ifr[17]]);
+    if rc != 0 || flags & IFF_TAP == 0 || flags & IFF_NO_PI == 0 {
+        return Err(not_tap);
+    }
+    let name =
+        CStr::from_bytes_until_nul(&ifr[..IFNAMSIZ]).map_err(|_| NetError::NotATap { fd })?;
+    // SAFETY: the caller gave this fd to tender for the run (`--net:NAME=@FD`); it is open
+    // (checked above) and from now on owned, and closed, by the device.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok((owned, name.to_string_lossy().into_owned()))
+}
+
+fn unsafe_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: only used for an immediate fcntl(F_GETFD) probe, which is harmless on any fd number.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// The interface MTU (without the Ethernet header), from SIOCGIFMTU.
+fn interface_mtu(iface: &str) -> std::io::Result<u16> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: `ifreq` is plain data; zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr
+        .ifr_name
+        .iter_mut()
+        .zip(iface.bytes().take(IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads the name from and writes the MTU into the `ifreq` we own.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: after a successful SIOCGIFMTU the union holds `ifru_mtu`.
+    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+    u16::try_from(mtu).map_err(|_| std::io::Error::other("MTU out of range"))
+}
+
+/// A random locally administered unicast MAC.
+fn random_mac() -> std::io::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        return Err(std::io::Error::last_os_error());
+    }
+    mac[0] = (mac[0] & !0x01) | 0x02;
+    Ok(mac)
+}
+
+/// Parses `xx:xx:xx:xx:xx:xx`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}

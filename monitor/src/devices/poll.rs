@@ -1,0 +1,92 @@
+//! POLL: wait for a frame on any net device or for a timeout.
+
+use std::os::fd::{AsFd, RawFd};
+use std::time::Duration;
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+
+/// epoll data value of the timer; net devices use their manifest index (< 64).
+const TIMER_TOKEN: u64 = u64::MAX;
+/// At most 63 devices plus the timer can be ready at once.
+const MAX_EVENTS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("cannot set up the poll set: {0}")]
+    Setup(nix::Error),
+}
+
+pub struct Poller {
+    epoll: Epoll,
+    timer: TimerFd,
+}
+
+/// How a wait ended.
+pub enum Wait {
+    Ready {
+        ready_set: u64,
+        count: i32,
+    },
+    /// A signal arrived; the run loop decides what to do.
+    Interrupted,
+}
+
+impl Poller {
+    pub fn new() -> Result<Self, PollError> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(PollError::Setup)?;
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
+        )
+        .map_err(PollError::Setup)?;
+        epoll
+            .add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TIMER_TOKEN))
+            .map_err(PollError::Setup)?;
+        Ok(Poller { epoll, timer })
+    }
+
+    /// Watches a net device's tap, reported as bit `handle` of the ready set.
+    pub fn watch(&self, fd: impl AsFd, handle: u64) -> Result<(), PollError> {
+        self.epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, handle))
+            .map_err(PollError::Setup)
+    }
+
+    pub fn fds(&self) -> [RawFd; 2] {
+        use std::os::fd::AsRawFd;
+        [self.epoll.0.as_raw_fd(), self.timer.as_fd().as_raw_fd()]
+    }
+
+    /// Waits until a device is readable or `timeout_ns` passed. A zero timeout only looks.
+    pub fn wait(&self, timeout_ns: u64) -> Result<Wait, nix::Error> {
+        let mut events = [EpollEvent::empty(); MAX_EVENTS];
+        let timeout = if timeout_ns == 0 {
+            EpollTimeout::ZERO
+        } else {
+            let d = Duration::from_nanos(timeout_ns);
+            self.timer.set(
+                Expiration::OneShot(TimeSpec::from_duration(d)),
+                TimerSetTimeFlags::empty(),
+            )?;
+            EpollTimeout::NONE
+        };
+        let n = match self.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(nix::Error::EINTR) => return Ok(Wait::Interrupted),
+            Err(e) => return Err(e),
+        };
+        let mut ready_set = 0u64;
+        let mut count = 0;
+        // A stale timer event (an earlier deadline) only ends a wait early, which the ABI allows.
+        for ev in &events[..n] {
+            let token = ev.data();
+            if token < 64 {
+                ready_set |= 1 << token;
+                count += 1;
+            }
+        }
+        Ok(Wait::Ready { ready_set, count })
+    }
+}

@@ -1,0 +1,274 @@
+//! Guest RAM and every access the tender makes to it.
+//!
+//! All guest memory goes through vm-memory. On top of it this module enforces the ABI's pointer
+//! rule (section 5.1: `gpa < mem_size` and `gpa + len < mem_size`, overflow-checked) and keeps
+//! out-parameters away from the ranges the tender made read-only on the host, so a hostile
+//! pointer becomes a clean [`GuestFault`], never a SIGSEGV of the tender.
+
+use std::fmt;
+
+use guest_abi::{BootInfo, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, TrapFrame};
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    VolatileSlice,
+};
+
+/// A guest request that breaks the ABI's memory rules. Ends the run (exit 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFault {
+    pub gpa: u64,
+    pub len: u64,
+    pub write: bool,
+}
+
+impl fmt::Display for GuestFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.write {
+            write!(
+                f,
+                "invalid guest access: gpa={:#x}, size={} (write to memory outside the guest's writable RAM)",
+                self.gpa, self.len
+            )
+        } else {
+            write!(
+                f,
+                "invalid guest access: gpa={:#x}, size={}",
+                self.gpa, self.len
+            )
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot allocate {0} bytes of guest memory: {1}")]
+    Allocate(u64, String),
+    #[error("cannot write-protect guest memory: {0}")]
+    Protect(std::io::Error),
+    #[error("cannot write guest memory at {0:#x}")]
+    Setup(u64),
+}
+
+/// An ABI struct that the tender may copy in and out of guest memory.
+///
+/// A local wrapper because vm-memory's `ByteValued` is a foreign trait and the structs live in
+/// guest-abi, which stays dependency-free for the guest side.
+#[repr(transparent)]
+#[derive(Clone, Copy, Default)]
+pub struct Abi<T>(pub T);
+
+macro_rules! abi_pod {
+    ($($t:ty),*) => {$(
+        // SAFETY: the guest-abi struct is #[repr(C)], made only of integers and byte arrays with
+        // explicit padding fields, so every bit pattern is a valid value and it has no implicit
+        // padding; guest-abi asserts its size at compile time.
+        unsafe impl ByteValued for Abi<$t> {}
+    )*};
+}
+abi_pod!(
+    HcWalltime, HcPuts, HcPoll, HcBlock, HcNet, HcHalt, BootInfo, TrapFrame
+);
+
+/// Guest RAM: one anonymous, zero-filled mapping at GPA 0.
+pub struct GuestRam {
+    mem: GuestMemoryMmap,
+    /// Guest-visible size (boot info `mem_size`): the limit for every guest pointer.
+    limit: u64,
+    /// Host-read-only ranges `[start, end)`, sorted, from the ELF's non-writable segments.
+    read_only: Vec<(u64, u64)>,
+}
+
+impl GuestRam {
+    /// Allocates `total` bytes (the guest's memory plus any device areas above `limit`).
+    pub fn new(total: u64, limit: u64) -> Result<Self, MemoryError> {
+        let size =
+            usize::try_from(total).map_err(|_| MemoryError::Allocate(total, "too large".into()))?;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
+            .map_err(|e| MemoryError::Allocate(total, e.to_string()))?;
+        Ok(GuestRam {
+            mem,
+            limit,
+            read_only: Vec::new(),
+        })
+    }
+
+    pub fn inner(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Guest-visible memory size.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Size of the whole mapping, including device areas above the guest-visible size.
+    pub fn total(&self) -> u64 {
+        self.mem.iter().map(|r| r.len()).sum()
+    }
+
+    /// Host address of the mapping's start (for KVM_SET_USER_MEMORY_REGION).
+    pub fn host_base(&self) -> *mut u8 {
+        // GPA 0 always exists: the mapping starts there.
+        self.mem
+            .get_host_address(GuestAddress(0))
+            .unwrap_or(std::ptr::null_mut())
+    }
+
+    /// Setup-time write (loader, boot info); not for guest-supplied addresses.
+    pub fn write_setup(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
+        self.mem
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| MemoryError::Setup(gpa))
+    }
+
+    /// Makes `[start, end)` read-only on the host and remembers it, so that no out-parameter is
+    /// ever written there. `start` and `end` are page aligned and inside the mapping.
+    pub fn protect_read_only(&mut self, start: u64, end: u64) -> Result<(), MemoryError> {
+        if start >= end {
+            return Ok(());
+        }
+        let len = usize::try_from(end - start).map_err(|_| MemoryError::Setup(start))?;
+        let slice = self
+            .mem
+            .get_slice(GuestAddress(start), len)
+            .map_err(|_| MemoryError::Setup(start))?;
+        let ptr = slice.ptr_guard_mut().as_ptr();
+        // SAFETY: `ptr..ptr+len` is a page-aligned part of our own guest mapping (vm-memory
+        // checked the range); making it read-only cannot invalidate any Rust reference because
+        // the tender never holds references into guest memory, and every later host write goes
+        // through `check_write`, which refuses this range.
+        let rc = unsafe { libc::mprotect(ptr.cast(), len, libc::PROT_READ) };
+        if rc != 0 {
+            return Err(MemoryError::Protect(std::io::Error::last_os_error()));
+        }
+        self.read_only.push((start, end));
+        self.read_only.sort_unstable();
+        Ok(())
+    }
+
+    /// The ABI's range rule for a guest pointer: strictly inside guest-visible memory.
+    pub fn check(&self, gpa: u64, len: u64) -> Result<(), GuestFault> {
+        match gpa.checked_add(len) {
+            Some(end) if gpa < self.limit && end < self.limit => Ok(()),
+            _ => Err(GuestFault {
+                gpa,
+                len,
+                write: false,
+            }),
+        }
+    }
+
+    /// [`check`](Self::check), and the range must not touch host-read-only memory.
+    pub fn check_write(&self, gpa: u64, len: u64) -> Result<(), GuestFault> {
+        self.check(gpa, len)?;
+        let end = gpa + len; // cannot overflow: checked above
+        let overlaps = self
+            .read_only
+            .iter()
+            .any(|&(s, e)| gpa < e && s < end.max(gpa + 1));
+        if overlaps {
+            return Err(GuestFault {
+                gpa,
+                len,
+                write: true,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads a hypercall argument struct (or any ABI struct) from a guest pointer.
+    pub fn read_arg<T: Copy + Default>(&self, gpa: u64) -> Result<T, GuestFault>
+    where
+        Abi<T>: ByteValued,
+    {
+        let len = size_of::<T>() as u64;
+        self.check(gpa, len)?;
+        self.mem
+            .read_obj::<Abi<T>>(GuestAddress(gpa))
+            .map(|a| a.0)
+            .map_err(|_| GuestFault {
+                gpa,
+                len,
+                write: false,
+            })
+    }
+
+    /// Writes a hypercall argument struct back (its out-fields).
+    pub fn write_arg<T: Copy + Default>(&self, gpa: u64, val: T) -> Result<(), GuestFault>
+    where
+        Abi<T>: ByteValued,
+    {
+        let len = size_of::<T>() as u64;
+        self.check_write(gpa, len)?;
+        self.mem
+            .write_obj(Abi(val), GuestAddress(gpa))
+            .map_err(|_| GuestFault {
+                gpa,
+                len,
+                write: true,
+            })
+    }
+
+    /// A checked view of a guest buffer that the host will read.
+    pub fn slice(&self, gpa: u64, len: u64) -> Result<VolatileSlice<'_, ()>, GuestFault> {
+        self.check(gpa, len)?;
+        self.get(gpa, len, false)
+    }
+
+    /// A checked view of a guest buffer that the host will write.
+    pub fn slice_mut(&self, gpa: u64, len: u64) -> Result<VolatileSlice<'_, ()>, GuestFault> {
+        self.check_write(gpa, len)?;
+        self.get(gpa, len, true)
+    }
+
+    fn get(&self, gpa: u64, len: u64, write: bool) -> Result<VolatileSlice<'_, ()>, GuestFault> {
+        let fault = GuestFault { gpa, len, write };
+        let n = usize::try_from(len).map_err(|_| fault)?;
+        self.mem.get_slice(GuestAddress(gpa), n).map_err(|_| fault)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ram() -> GuestRam {
+        GuestRam::new(4 << 20, 4 << 20).unwrap()
+    }
+
+    #[test]
+    fn range_rule_is_strict_and_overflow_safe() {
+        let r = ram();
+        let m = r.limit();
+        assert!(r.check(m - 16, 8).is_ok());
+        assert!(
+            r.check(m - 8, 8).is_err(),
+            "ending exactly at mem_size is rejected"
+        );
+        assert!(r.check(m, 0).is_err());
+        assert!(r.check(u64::MAX - 3, 8).is_err());
+        assert!(r.check(8, u64::MAX).is_err());
+        assert!(r.check(0, 0).is_ok());
+    }
+
+    #[test]
+    fn out_params_never_reach_read_only_memory() {
+        let mut r = ram();
+        r.protect_read_only(0x10_0000, 0x10_2000).unwrap();
+        assert!(r.write_arg(0x10_1000, HcWalltime { nsecs: 1 }).is_err());
+        assert!(
+            r.write_arg(0x10_0ffc, HcWalltime { nsecs: 1 }).is_err(),
+            "straddling"
+        );
+        assert!(r.slice_mut(0x10_1fff, 1).is_err());
+        assert!(r.slice_mut(0x10_2000, 16).is_ok());
+        assert!(r.slice(0x10_1000, 16).is_ok(), "reading is fine");
+        assert!(r.check_write(0x10_2000, 0).is_ok());
+        assert!(
+            r.check_write(0x10_1000, 0).is_err(),
+            "an empty write inside is still refused"
+        );
+        r.write_arg(0x20_0000, HcWalltime { nsecs: 7 }).unwrap();
+        assert_eq!(r.read_arg::<HcWalltime>(0x20_0000).unwrap().nsecs, 7);
+    }
+}

@@ -1,0 +1,50 @@
+//! SIGINT and SIGTERM end the run cleanly (status 1), as solo5-hvt does.
+//!
+//! The handler only records the signal and sets the vCPU's `immediate_exit`, so a signal that
+//! arrives just before KVM_RUN still stops the guest; the run loop does the rest.
+
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+static PENDING: AtomicI32 = AtomicI32::new(0);
+static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    PENDING.store(sig, Ordering::SeqCst);
+    let flag = IMMEDIATE_EXIT.load(Ordering::SeqCst);
+    if !flag.is_null() {
+        // SAFETY: `flag` points at `kvm_run.immediate_exit` of the live vCPU (set by `install`,
+        // cleared by `uninstall` before the vCPU is dropped); a byte store is signal-safe.
+        unsafe { flag.write_volatile(1) };
+    }
+}
+
+/// Installs the handlers (without SA_RESTART, so blocking calls return EINTR).
+/// `immediate_exit` is the vCPU's `kvm_run.immediate_exit` byte.
+pub fn install(immediate_exit: *mut u8) -> nix::Result<()> {
+    IMMEDIATE_EXIT.store(immediate_exit, Ordering::SeqCst);
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only does atomic stores and one volatile byte store.
+        unsafe { sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
+
+/// Forgets the vCPU pointer (call before the vCPU goes away).
+pub fn uninstall() {
+    IMMEDIATE_EXIT.store(std::ptr::null_mut(), Ordering::SeqCst);
+}
+
+/// The signal that asked the run to end, if any.
+pub fn pending() -> Option<i32> {
+    match PENDING.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}

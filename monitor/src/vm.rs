@@ -1,0 +1,512 @@
+//! A unikernel VM: setup from a [`Config`], then the vCPU loop and hypercall dispatch.
+//!
+//! The hypercall path, start to end: `Vm::run` gets `KVM_EXIT_IO` → `Vm::hypercall` decodes
+//! port and argument pointer → one handler per hypercall (`walltime`, `puts`, `poll`, block and
+//! net handlers in `devices/`) → the result goes back into the guest's struct.
+
+use std::io::Write;
+use std::path::Path;
+
+use guest_abi::{
+    HALT_COOKIE_MAX, HYPERCALL_PIO_BASE, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime,
+    Hypercall, MFT_RESERVED_FIRST, SOLO5_EXIT_ABORT, SOLO5_R_EINVAL, TrapFrame,
+};
+use kvm_ioctls::VcpuExit;
+
+use crate::boot;
+use crate::config::Config;
+use crate::devices::Device;
+use crate::devices::block::{BlockDevice, DEFAULT_BLOCK_SIZE};
+use crate::devices::net::NetDevice;
+use crate::devices::poll::{Poller, Wait};
+use crate::elf::Kernel;
+use crate::kvm::Machine;
+use crate::manifest::{DeviceKind, Manifest};
+use crate::memory::{GuestFault, GuestRam};
+use crate::{Error, signals};
+
+/// Largest kernel file tender reads (it must fit in guest memory anyway).
+const MAX_KERNEL_FILE: u64 = guest_abi::MEM_MAX;
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    /// The guest called HALT. `trap` is the trap frame its runtime left at the cookie on an
+    /// abort caused by a CPU exception.
+    Halted {
+        status: i32,
+        trap: Option<TrapFrame>,
+    },
+    /// The guest broke the rules; the run was ended.
+    GuestError { error: GuestError, rip: u64 },
+    /// A host-side failure during the run (I/O error, KVM failure).
+    HostError(String),
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+}
+
+impl RunEnd {
+    /// The process exit status: the guest's own status on HALT, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunEnd::Halted { status, .. } => *status as u8,
+            _ => 1,
+        }
+    }
+}
+
+/// Guest behaviour that ends the run (exit 1).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GuestError {
+    #[error("{0}")]
+    Access(GuestFault),
+    #[error("Invalid guest port access: port={port:#x}, size={size}, direction={direction}")]
+    Port {
+        port: u16,
+        size: usize,
+        direction: &'static str,
+    },
+    #[error("Invalid guest hypercall: num={0}")]
+    Hypercall(u16),
+    #[error("guest halted the CPU (hlt)")]
+    Hlt,
+    #[error("guest triple fault (KVM_EXIT_SHUTDOWN)")]
+    Shutdown,
+    #[error("guest access to unmapped or read-only memory: {op} at gpa={gpa:#x}")]
+    Mmio { op: &'static str, gpa: u64 },
+    #[error("KVM: host/guest translation fault (guest write to read-only memory)")]
+    TranslationFault,
+    #[error("KVM: internal error exit: suberror={0:#x} (emulation failure or triple fault)")]
+    Internal(u32),
+    #[error("KVM: entry failure: hw_entry_failure_reason={0:#x}")]
+    FailEntry(u64),
+    #[error("KVM: unhandled exit: exit_reason={0:#x}")]
+    Unhandled(u32),
+}
+
+/// A hypercall that cannot complete normally.
+#[derive(Debug, thiserror::Error)]
+pub enum HypercallError {
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error("Fatal error on {device}: {op} failed: {err}")]
+    HostIo {
+        device: String,
+        op: &'static str,
+        err: std::io::Error,
+    },
+    #[error("{0}")]
+    Host(String),
+    /// A signal arrived while waiting.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl From<GuestFault> for HypercallError {
+    fn from(f: GuestFault) -> Self {
+        HypercallError::Guest(GuestError::Access(f))
+    }
+}
+
+/// Result of one hypercall: keep running, or the guest halted.
+enum Next {
+    Resume,
+    Halt(i32, Option<TrapFrame>),
+}
+
+pub struct Vm {
+    // Field order matters for drop: the vCPU and VM go before the memory they map.
+    machine: Machine,
+    ram: GuestRam,
+    devices: Vec<Device>,
+    poller: Poller,
+}
+
+impl Vm {
+    /// Validates the kernel and the devices and builds the VM, ready to run.
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        let image = read_kernel(&config.kernel)?;
+        let elf_err = |source| Error::Elf {
+            path: config.kernel.display().to_string(),
+            source,
+        };
+        let kernel = Kernel::parse(&image, config.mem_bytes).map_err(elf_err)?;
+        let cmdline = boot::guest_cmdline(&config.guest_args)?;
+        let (devices, manifest) = attach_devices(config, &kernel.manifest)?;
+
+        let poller = Poller::new()?;
+        for (handle, dev) in devices.iter().enumerate() {
+            if let Device::Net(net) = dev {
+                poller.watch(net.fd(), handle as u64)?;
+            }
+        }
+
+        let mut ram = GuestRam::new(config.mem_bytes, config.mem_bytes)?;
+        boot::load_kernel(&mut ram, &kernel, &image)?;
+        let machine = Machine::new(&ram)?;
+        boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz, 0, 0)?;
+        machine.set_boot_state(kernel.entry, ram.limit())?;
+        Ok(Vm {
+            machine,
+            ram,
+            devices,
+            poller,
+        })
+    }
+
+    /// Runs the guest until it halts, breaks a rule, or a signal ends the run.
+    pub fn run(&mut self) -> RunEnd {
+        let immediate_exit = &mut self.machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
+        if let Err(e) = signals::install(immediate_exit) {
+            return RunEnd::HostError(format!("cannot install signal handlers: {e}"));
+        }
+        let end = self.run_loop();
+        signals::uninstall();
+        end
+    }
+
+    fn run_loop(&mut self) -> RunEnd {
+        loop {
+            if let Some(sig) = signals::pending() {
+                return RunEnd::Signal(sig);
+            }
+            let result = match self.machine.vcpu.run() {
+                Ok(VcpuExit::IoOut(port, data)) => Ok(decode_out(port, data)),
+                Ok(VcpuExit::IoIn(port, data)) => Err(GuestError::Port {
+                    port,
+                    size: data.len(),
+                    direction: "in",
+                }),
+                Ok(VcpuExit::MmioWrite(gpa, _)) => Err(GuestError::Mmio { op: "write", gpa }),
+                Ok(VcpuExit::MmioRead(gpa, _)) => Err(GuestError::Mmio { op: "read", gpa }),
+                Ok(VcpuExit::MemoryFault { gpa, .. }) => {
+                    Err(GuestError::Mmio { op: "access", gpa })
+                }
+                Ok(VcpuExit::Hlt) => Err(GuestError::Hlt),
+                Ok(VcpuExit::Shutdown) => Err(GuestError::Shutdown),
+                Ok(VcpuExit::FailEntry(reason, _)) => Err(GuestError::FailEntry(reason)),
+                Ok(VcpuExit::InternalError) => Err(GuestError::Internal(self.internal_suberror())),
+                Ok(VcpuExit::Intr) => continue,
+                Ok(_) => Err(GuestError::Unhandled(
+                    self.machine.vcpu.get_kvm_run().exit_reason,
+                )),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EFAULT => Err(GuestError::TranslationFault),
+                Err(e) => return RunEnd::HostError(format!("KVM: ioctl (KVM_RUN) failed: {e}")),
+            };
+            let outcome = match result {
+                Ok(Ok((nr, gpa))) => self.hypercall(nr, gpa),
+                Ok(Err(e)) | Err(e) => Err(HypercallError::Guest(e)),
+            };
+            match outcome {
+                Ok(Next::Resume) => {}
+                Ok(Next::Halt(status, trap)) => return RunEnd::Halted { status, trap },
+                Err(HypercallError::Guest(error)) => {
+                    return RunEnd::GuestError {
+                        error,
+                        rip: self.rip(),
+                    };
+                }
+                Err(HypercallError::Interrupted) => continue,
+                Err(e) => return RunEnd::HostError(e.to_string()),
+            }
+        }
+    }
+
+    fn rip(&self) -> u64 {
+        self.machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    fn internal_suberror(&mut self) -> u32 {
+        let run = self.machine.vcpu.get_kvm_run();
+        // SAFETY: on KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` member of the
+        // union; it is plain integers.
+        unsafe { run.__bindgen_anon_1.internal.suberror }
+    }
+
+    /// Dispatches hypercall `nr` with its argument struct at `gpa`.
+    fn hypercall(&mut self, nr: Hypercall, gpa: u64) -> Result<Next, HypercallError> {
+        match nr {
+            Hypercall::Walltime => self.walltime(gpa),
+            Hypercall::Puts => self.puts(gpa),
+            Hypercall::Poll => self.poll(gpa),
+            Hypercall::BlockWrite | Hypercall::BlockRead => self.block(nr, gpa),
+            Hypercall::NetWrite | Hypercall::NetRead => self.net(nr, gpa),
+            Hypercall::Halt => self.halt(gpa),
+        }
+        .map(|()| Next::Resume)
+        .or_else(|e| match e {
+            HaltOr::Halt(status, trap) => Ok(Next::Halt(status, trap)),
+            HaltOr::Err(e) => Err(e),
+        })
+    }
+
+    fn walltime(&mut self, gpa: u64) -> Result<(), HaltOr> {
+        let mut arg: HcWalltime = self.ram.read_arg(gpa)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        arg.nsecs = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        Ok(self.ram.write_arg(gpa, arg)?)
+    }
+
+    fn puts(&mut self, gpa: u64) -> Result<(), HaltOr> {
+        let arg: HcPuts = self.ram.read_arg(gpa)?;
+        let buf = self.ram.slice(arg.data, arg.len)?;
+        let mut out = std::io::stdout().lock();
+        let mut done = 0;
+        while done < buf.len() {
+            // SAFETY: `buf` is a checked range of guest RAM, mapped for this call; the kernel
+            // only reads from it.
+            let n = unsafe {
+                libc::write(
+                    1,
+                    buf.ptr_guard().as_ptr().add(done).cast(),
+                    buf.len() - done,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(HypercallError::HostIo {
+                    device: "console".into(),
+                    op: "write",
+                    err,
+                }
+                .into());
+            }
+            done += n as usize;
+        }
+        let _ = out.flush();
+        Ok(())
+    }
+
+    fn poll(&mut self, gpa: u64) -> Result<(), HaltOr> {
+        let mut arg: HcPoll = self.ram.read_arg(gpa)?;
+        // Check the out-fields before blocking, so a bad pointer fails fast.
+        self.ram.check_write(gpa, size_of::<HcPoll>() as u64)?;
+        match self.poller.wait(arg.timeout_nsecs) {
+            Ok(Wait::Ready { ready_set, count }) => {
+                arg.ready_set = ready_set;
+                arg.ret = count;
+            }
+            Ok(Wait::Interrupted) => return Err(HypercallError::Interrupted.into()),
+            Err(e) => return Err(HypercallError::Host(format!("poll failed: {e}")).into()),
+        }
+        Ok(self.ram.write_arg(gpa, arg)?)
+    }
+
+    fn block(&mut self, nr: Hypercall, gpa: u64) -> Result<(), HaltOr> {
+        let mut arg: HcBlock = self.ram.read_arg(gpa)?;
+        self.ram.check_write(gpa, size_of::<HcBlock>() as u64)?;
+        arg.ret = match self.device(arg.handle) {
+            Some(Device::Block(dev)) if nr == Hypercall::BlockRead => dev.read(&self.ram, &arg)?,
+            Some(Device::Block(dev)) => dev.write(&self.ram, &arg)?,
+            _ => SOLO5_R_EINVAL,
+        };
+        Ok(self.ram.write_arg(gpa, arg)?)
+    }
+
+    fn net(&mut self, nr: Hypercall, gpa: u64) -> Result<(), HaltOr> {
+        let mut arg: HcNet = self.ram.read_arg(gpa)?;
+        self.ram.check_write(gpa, size_of::<HcNet>() as u64)?;
+        match self.device(arg.handle) {
+            Some(Device::Net(dev)) if nr == Hypercall::NetRead => {
+                (arg.ret, arg.len) = dev.read(&self.ram, &arg)?
+            }
+            Some(Device::Net(dev)) => arg.ret = dev.write(&self.ram, &arg)?,
+            _ => arg.ret = SOLO5_R_EINVAL,
+        }
+        Ok(self.ram.write_arg(gpa, arg)?)
+    }
+
+    fn halt(&mut self, gpa: u64) -> Result<(), HaltOr> {
+        let arg: HcHalt = self.ram.read_arg(gpa)?;
+        let mut trap = None;
+        if arg.cookie != 0 {
+            self.ram.check(arg.cookie, HALT_COOKIE_MAX)?;
+            if arg.exit_status == SOLO5_EXIT_ABORT {
+                trap = Some(self.ram.read_arg::<TrapFrame>(arg.cookie)?);
+            }
+        }
+        Err(HaltOr::Halt(arg.exit_status, trap))
+    }
+
+    fn device(&self, handle: u64) -> Option<&Device> {
+        usize::try_from(handle)
+            .ok()
+            .and_then(|h| self.devices.get(h))
+    }
+}
+
+/// Handlers return this so that HALT can leave the loop through the same `?` path as errors.
+enum HaltOr {
+    Halt(i32, Option<TrapFrame>),
+    Err(HypercallError),
+}
+
+impl<E: Into<HypercallError>> From<E> for HaltOr {
+    fn from(e: E) -> Self {
+        HaltOr::Err(e.into())
+    }
+}
+
+/// A hypercall is a 4-byte OUT of a 32-bit GPA to port 0x500 + nr; anything else is an error.
+fn decode_out(port: u16, data: &[u8]) -> Result<(Hypercall, u64), GuestError> {
+    let bad_port = GuestError::Port {
+        port,
+        size: data.len(),
+        direction: "out",
+    };
+    let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+        return Err(bad_port);
+    };
+    let nr = port.wrapping_sub(HYPERCALL_PIO_BASE);
+    if nr >= Hypercall::COUNT {
+        return Err(bad_port);
+    }
+    let call = Hypercall::from_nr(nr).ok_or(GuestError::Hypercall(nr))?;
+    Ok((call, u64::from(u32::from_le_bytes(bytes))))
+}
+
+fn read_kernel(path: &Path) -> Result<Vec<u8>, Error> {
+    let io_err = |e: std::io::Error| Error::Kernel {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(Error::Kernel {
+            path: path.display().to_string(),
+            reason: "not a regular file".into(),
+        });
+    }
+    if meta.len() > MAX_KERNEL_FILE {
+        return Err(Error::Kernel {
+            path: path.display().to_string(),
+            reason: "file too large".into(),
+        });
+    }
+    std::fs::read(path).map_err(io_err)
+}
+
+/// Matches the command line's devices to the manifest, opens them, and fills the manifest
+/// fields the guest reads (`attached`, capacity, block size, MAC, MTU).
+fn attach_devices(config: &Config, manifest: &Manifest) -> Result<(Vec<Device>, Manifest), Error> {
+    let mut manifest = manifest.clone();
+    let mut devices: Vec<Device> = manifest.entries.iter().map(|_| Device::None).collect();
+
+    for spec in &config.blocks {
+        let handle = resolve(
+            &manifest,
+            spec.name.as_deref(),
+            DeviceKind::Block,
+            &spec.path.display().to_string(),
+        )?;
+        let entry = &mut manifest.entries[handle];
+        let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
+        if entry.attached != 0 {
+            return Err(Error::Device(format!(
+                "device '{name}' is attached more than once"
+            )));
+        }
+        let dev = BlockDevice::open(
+            &name,
+            &spec.path,
+            spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
+        )?;
+        entry.set_block(guest_abi::MftBlockBasic {
+            capacity: dev.capacity,
+            block_size: dev.block_size,
+            _pad: [0; 6],
+        });
+        entry.attached = 1;
+        devices[handle] = Device::Block(dev);
+    }
+    for spec in &config.nets {
+        let what = match &spec.source {
+            crate::devices::net::TapSource::Interface(i) => i.clone(),
+            crate::devices::net::TapSource::Fd(fd) => format!("@{fd}"),
+        };
+        let handle = resolve(&manifest, spec.name.as_deref(), DeviceKind::Net, &what)?;
+        let entry = &mut manifest.entries[handle];
+        let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
+        if entry.attached != 0 {
+            return Err(Error::Device(format!(
+                "device '{name}' is attached more than once"
+            )));
+        }
+        let dev = NetDevice::open(&name, &spec.source, spec.mac)?;
+        entry.set_net(guest_abi::MftNetBasic {
+            mac: dev.mac,
+            mtu: dev.mtu,
+            _pad: [0; 8],
+        });
+        entry.attached = 1;
+        devices[handle] = Device::Net(dev);
+    }
+    if let Some(e) = manifest
+        .entries
+        .iter()
+        .find(|e| e.dev_type < MFT_RESERVED_FIRST && e.attached == 0)
+    {
+        let kind = match e.dev_type {
+            guest_abi::MFT_DEV_BLOCK_BASIC => "BLOCK_BASIC",
+            guest_abi::MFT_DEV_NET_BASIC => "NET_BASIC",
+            _ => "unknown",
+        };
+        return Err(Error::Device(format!(
+            "Device '{}' of type {kind} declared but not attached. All declared devices must be attached. See --help for syntax.",
+            String::from_utf8_lossy(e.name_bytes())
+        )));
+    }
+    Ok((devices, manifest))
+}
+
+/// The manifest index a `--block`/`--net` option refers to. Without a name, the guest must
+/// declare exactly one device of that kind.
+fn resolve(
+    manifest: &Manifest,
+    name: Option<&str>,
+    kind: DeviceKind,
+    value: &str,
+) -> Result<usize, Error> {
+    let handle = match name {
+        Some(name) => match manifest.find(name) {
+            Some((h, e)) if e.dev_type == kind.abi_type() => h,
+            _ => {
+                return Err(Error::Device(format!(
+                    "Resource not declared in manifest: '{name}'"
+                )));
+            }
+        },
+        None => {
+            let all: Vec<_> = manifest.devices(kind).collect();
+            match all.as_slice() {
+                [(h, _)] => *h,
+                [] => {
+                    return Err(Error::Device(format!(
+                        "{value}: the unikernel declares no {} device",
+                        kind.abi_name()
+                    )));
+                }
+                _ => {
+                    let names: Vec<_> = all.iter().map(|(_, n)| n.as_str()).collect();
+                    return Err(Error::Device(format!(
+                        "{value}: the unikernel declares several {} devices ({}); name one, as in --{}:NAME={value}",
+                        kind.abi_name(),
+                        names.join(", "),
+                        if kind == DeviceKind::Block {
+                            "block"
+                        } else {
+                            "net"
+                        }
+                    )));
+                }
+            }
+        }
+    };
+    Ok(handle as usize)
+}
