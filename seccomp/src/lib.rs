@@ -1,0 +1,136 @@
+//! tender's sandbox: a seccomp-BPF allowlist built at run time from the fds the run actually
+//! uses, so that a compromised monitor can do little beyond what the guest could already ask of
+//! it. Every allowed call, and why, is listed in `docs/SECCOMP.md`; this file is the filter
+//! itself. Anything not allowed kills the process (default) or is logged by the kernel (`Log`).
+
+use std::collections::BTreeMap;
+use std::os::fd::RawFd;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// `KVM_RUN` and `KVM_GET_REGS` ioctl request numbers (`_IO(0xAE, 0x80)`, `_IOR(0xAE, 0x81, kvm_regs)`).
+pub const KVM_RUN: u64 = 0xAE80;
+pub const KVM_GET_REGS: u64 = 0x8090_AE81;
+/// `KVM_GET_SREGS` (`_IOR(0xAE, 0x83, kvm_sregs)`), used for crash dumps.
+pub const KVM_GET_SREGS: u64 = 0x8138_AE83;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot build the seccomp filter: {0}")]
+    Build(String),
+    #[error("cannot install the seccomp filter: {0}")]
+    Install(String),
+}
+
+/// What happens to a call outside the allowlist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Kill the whole process (SIGSYS). The default.
+    Kill,
+    /// Allow it, but have the kernel log it (audit / dmesg). For debugging.
+    Log,
+}
+
+/// The fds a run uses; every fd-taking call is allowed on exactly these.
+#[derive(Clone, Debug, Default)]
+pub struct Allowlist {
+    /// The vCPU: `KVM_RUN` (and `KVM_GET_REGS`/`KVM_GET_SREGS` to report how a run ended).
+    pub vcpu_fd: Option<RawFd>,
+    /// Console and error output: `write` only (normally 1 and 2).
+    pub output_fds: Vec<RawFd>,
+    /// Taps: `read` and `write`.
+    pub tap_fds: Vec<RawFd>,
+    /// Block backing files: `pread64` and `pwrite64`.
+    pub block_fds: Vec<RawFd>,
+    /// Files written at exit (report, core dump): `write`, `pwrite64`.
+    pub exit_file_fds: Vec<RawFd>,
+    /// The poll set: `epoll_wait`/`epoll_pwait`.
+    pub epoll_fd: Option<RawFd>,
+    /// The poll timer: `timerfd_settime`.
+    pub timer_fd: Option<RawFd>,
+}
+
+fn on_fd(fd: RawFd) -> SeccompRule {
+    rule(vec![cond(0, SeccompCmpOp::Eq, fd as u64)])
+}
+
+fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
+    // Only fails for an argument index above 5; ours are constants below that.
+    SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("valid seccomp condition")
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
+    // Only fails for an empty condition list; every caller passes at least one.
+    SeccompRule::new(conditions).expect("valid seccomp rule")
+}
+
+impl Allowlist {
+    /// The rules, syscall number → alternatives (an empty list allows the call outright).
+    pub fn rules(&self) -> BTreeMap<i64, Vec<SeccompRule>> {
+        let mut r: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        let mut add = |nr: libc::c_long, rules: Vec<SeccompRule>| {
+            if !rules.is_empty() {
+                r.entry(nr).or_default().extend(rules);
+            }
+        };
+        let fds = |v: &[RawFd]| v.iter().map(|&fd| on_fd(fd)).collect::<Vec<_>>();
+
+        if let Some(fd) = self.vcpu_fd {
+            let ioctls = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]
+                .iter()
+                .map(|&req| rule(vec![cond(0, SeccompCmpOp::Eq, fd as u64), cond(1, SeccompCmpOp::Eq, req)]))
+                .collect();
+            add(libc::SYS_ioctl, ioctls);
+        }
+        let writable: Vec<RawFd> =
+            self.output_fds.iter().chain(&self.tap_fds).chain(&self.exit_file_fds).copied().collect();
+        add(libc::SYS_write, fds(&writable));
+        add(libc::SYS_read, fds(&self.tap_fds));
+        add(libc::SYS_pread64, fds(&self.block_fds));
+        let pwritable: Vec<RawFd> = self.block_fds.iter().chain(&self.exit_file_fds).copied().collect();
+        add(libc::SYS_pwrite64, fds(&pwritable));
+        if let Some(fd) = self.epoll_fd {
+            add(libc::SYS_epoll_wait, fds(&[fd]));
+            add(libc::SYS_epoll_pwait, fds(&[fd]));
+        }
+        if let Some(fd) = self.timer_fd {
+            add(libc::SYS_timerfd_settime, fds(&[fd]));
+        }
+        // Clocks for WALLTIME when the vDSO is unavailable: only the two clocks the ABI uses.
+        add(
+            libc::SYS_clock_gettime,
+            vec![
+                rule(vec![cond(0, SeccompCmpOp::Eq, libc::CLOCK_REALTIME as u64)]),
+                rule(vec![cond(0, SeccompCmpOp::Eq, libc::CLOCK_MONOTONIC as u64)]),
+            ],
+        );
+        // The end of the run and signal delivery (SIGINT/SIGTERM handlers return through it).
+        for nr in [libc::SYS_exit_group, libc::SYS_exit, libc::SYS_rt_sigreturn] {
+            r.insert(nr, Vec::new());
+        }
+        r
+    }
+
+    /// Compiles the allowlist into a BPF program.
+    pub fn compile(&self, mode: Mode) -> Result<BpfProgram, SandboxError> {
+        let mismatch = match mode {
+            Mode::Kill => SeccompAction::KillProcess,
+            Mode::Log => SeccompAction::Log,
+        };
+        let filter = SeccompFilter::new(self.rules(), mismatch, SeccompAction::Allow, TargetArch::x86_64)
+            .map_err(|e| SandboxError::Build(e.to_string()))?;
+        filter.try_into().map_err(|e: seccompiler::BackendError| SandboxError::Build(e.to_string()))
+    }
+}
+
+/// Sets PR_SET_NO_NEW_PRIVS and installs `program` on every thread of the process.
+pub fn install(program: &BpfProgram) -> Result<(), SandboxError> {
+    // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(SandboxError::Install(std::io::Error::last_os_error().to_string()));
+    }
+    seccompiler::apply_filter_all_threads(program).map_err(|e| SandboxError::Install(e.to_string()))
+}
