@@ -9,9 +9,10 @@ use guest_abi::{ABI_VERSION, MFT_NAME_MAX};
 
 use crate::config::{BlockSpec, Config, NetSpec, parse_mem_mib};
 use crate::devices::net::{TapSource, parse_mac};
+use crate::sandbox::SeccompMode;
 
 /// Options that take a value, which may be the next argument (`--mem 512`).
-const VALUE_OPTIONS: [&str; 3] = ["--mem", "--net", "--block"];
+const VALUE_OPTIONS: [&str; 4] = ["--mem", "--net", "--block", "--seccomp"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -40,6 +41,9 @@ struct Cli {
     /// Attach the unikernel's only block device to the file PATH
     #[arg(long, value_name = "PATH")]
     block: Option<PathBuf>,
+    /// Syscall sandbox: on (default), log (violations only logged, for debugging), off (for debugging)
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    seccomp: SeccompMode,
     /// Print version and ABI version
     #[arg(long)]
     version: bool,
@@ -150,6 +154,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
         warnings.push(format!("adjusting memory to {mem} bytes"));
     }
     config.mem_bytes = mem;
+    config.seccomp = cli.seccomp;
     config.guest_args = guest_args.to_vec();
     if let Some(path) = cli.block {
         config.blocks.push(BlockSpec {

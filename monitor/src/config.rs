@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use guest_abi::{MEM_ALIGN, MEM_DEFAULT_MIB, MEM_MAX, MEM_MIN};
 
 use crate::devices::net::TapSource;
+use crate::sandbox::SeccompMode;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -16,6 +17,7 @@ pub struct Config {
     pub guest_args: Vec<String>,
     pub blocks: Vec<BlockSpec>,
     pub nets: Vec<NetSpec>,
+    pub seccomp: SeccompMode,
 }
 
 impl Config {
@@ -26,6 +28,7 @@ impl Config {
             guest_args: Vec::new(),
             blocks: Vec::new(),
             nets: Vec::new(),
+            seccomp: SeccompMode::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod elf;
 pub mod kvm;
 pub mod manifest;
 pub mod memory;
+pub mod sandbox;
 pub mod signals;
 pub mod vm;
 

@@ -4,7 +4,7 @@
 //! port and argument pointer → one handler per hypercall (`walltime`, `puts`, `poll`, block and
 //! net handlers in `devices/`) → the result goes back into the guest's struct.
 
-use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use guest_abi::{
@@ -23,7 +23,9 @@ use crate::elf::Kernel;
 use crate::kvm::Machine;
 use crate::manifest::{DeviceKind, Manifest};
 use crate::memory::{GuestFault, GuestRam};
+use crate::sandbox::{self, SeccompMode};
 use crate::{Error, signals};
+use tender_seccomp::Allowlist;
 
 /// Largest kernel file tender reads (it must fit in guest memory anyway).
 const MAX_KERNEL_FILE: u64 = guest_abi::MEM_MAX;
@@ -120,6 +122,7 @@ pub struct Vm {
     ram: GuestRam,
     devices: Vec<Device>,
     poller: Poller,
+    seccomp: SeccompMode,
 }
 
 impl Vm {
@@ -151,18 +154,59 @@ impl Vm {
             ram,
             devices,
             poller,
+            seccomp: config.seccomp,
         })
     }
 
     /// Runs the guest until it halts, breaks a rule, or a signal ends the run.
+    ///
+    /// Before the first instruction, tender closes every fd it does not need and (unless
+    /// `--seccomp=off`) locks itself into the syscall allowlist. After that the process must not
+    /// free or close anything: callers end the process without dropping the `Vm`.
     pub fn run(&mut self) -> RunEnd {
         let immediate_exit = &mut self.machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
         if let Err(e) = signals::install(immediate_exit) {
             return RunEnd::HostError(format!("cannot install signal handlers: {e}"));
         }
+        let allow = self.allowlist();
+        let keep: Vec<RawFd> = allow
+            .vcpu_fd
+            .iter()
+            .chain(&allow.tap_fds)
+            .chain(&allow.block_fds)
+            .chain(&allow.exit_file_fds)
+            .chain(&allow.epoll_fd)
+            .chain(&allow.timer_fd)
+            .chain(std::iter::once(&self.machine.vm.as_raw_fd()))
+            .copied()
+            .collect();
+        sandbox::close_other_fds(&keep);
+        if let Err(e) = sandbox::enter(&allow, self.seccomp) {
+            return RunEnd::HostError(format!("{e} (use --seccomp=off to run without it)"));
+        }
         let end = self.run_loop();
         signals::uninstall();
         end
+    }
+
+    /// The fds the run uses, for the sandbox.
+    fn allowlist(&self) -> Allowlist {
+        let [epoll, timer] = self.poller.fds();
+        let mut allow = Allowlist {
+            vcpu_fd: Some(self.machine.vcpu.as_raw_fd()),
+            output_fds: vec![1, 2],
+            epoll_fd: Some(epoll),
+            timer_fd: Some(timer),
+            ..Default::default()
+        };
+        for dev in &self.devices {
+            match dev {
+                Device::Block(b) => allow.block_fds.push(b.raw_fd()),
+                Device::Net(n) => allow.tap_fds.push(n.raw_fd()),
+                Device::None => {}
+            }
+        }
+        allow
     }
 
     fn run_loop(&mut self) -> RunEnd {
@@ -253,7 +297,6 @@ impl Vm {
     fn puts(&mut self, gpa: u64) -> Result<(), HaltOr> {
         let arg: HcPuts = self.ram.read_arg(gpa)?;
         let buf = self.ram.slice(arg.data, arg.len)?;
-        let mut out = std::io::stdout().lock();
         let mut done = 0;
         while done < buf.len() {
             // SAFETY: `buf` is a checked range of guest RAM, mapped for this call; the kernel
@@ -279,7 +322,6 @@ impl Vm {
             }
             done += n as usize;
         }
-        let _ = out.flush();
         Ok(())
     }
 

@@ -1,0 +1,60 @@
+//! Entering the sandbox just before the guest runs: close every fd the run does not need, set
+//! no-new-privs, install the seccomp allowlist built from the fds that remain.
+
+use std::os::fd::RawFd;
+
+use tender_seccomp::{Allowlist, Mode, SandboxError};
+
+/// `--seccomp=on|log|off`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SeccompMode {
+    /// Filter on; a call outside the allowlist kills tender (SIGSYS).
+    #[default]
+    On,
+    /// Filter on, but violations are only logged by the kernel. For debugging.
+    Log,
+    /// No filter. For debugging.
+    Off,
+}
+
+impl std::str::FromStr for SeccompMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "on" => Ok(SeccompMode::On),
+            "log" => Ok(SeccompMode::Log),
+            "off" => Ok(SeccompMode::Off),
+            _ => Err(format!(
+                "invalid --seccomp value '{s}' (expected on, log or off)"
+            )),
+        }
+    }
+}
+
+/// Closes every fd except stdin/stdout/stderr and `keep`.
+pub fn close_other_fds(keep: &[RawFd]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let open: Vec<RawFd> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2 && !keep.contains(&fd))
+        .collect();
+    for fd in open {
+        // SAFETY: the fd is not one of ours (not in `keep`, which lists every fd the VM owns),
+        // so no Rust object will use or close it later. The directory's own fd is among them
+        // and already closed; close then fails harmlessly with EBADF.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Installs the filter for `allow` (unless `mode` is off).
+pub fn enter(allow: &Allowlist, mode: SeccompMode) -> Result<(), SandboxError> {
+    let mode = match mode {
+        SeccompMode::Off => return Ok(()),
+        SeccompMode::On => Mode::Kill,
+        SeccompMode::Log => Mode::Log,
+    };
+    let program = allow.compile(mode)?;
+    tender_seccomp::install(&program)
+}
