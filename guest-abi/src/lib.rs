@@ -191,6 +191,20 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
+/// What guest-rt leaves at the HALT cookie on a CPU exception: the Solo5 trap frame, then a
+/// marker and the vector. A tender that knows only Solo5's 7-word frame reads the same prefix;
+/// tender shows the vector when the marker is there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrapReport {
+    pub frame: TrapFrame,
+    pub magic: u64,
+    pub vector: u64,
+}
+
+/// `TrapReport::magic`: "TNDTRAP1".
+pub const TRAP_REPORT_MAGIC: u64 = u64::from_le_bytes(*b"TNDTRAP1");
+
 // ---------------------------------------------------------------------------------------------
 // Boot info
 // ---------------------------------------------------------------------------------------------
@@ -310,14 +324,7 @@ impl MftEntry {
     pub const RESERVED: MftEntry = MftEntry::new_raw([0; MFT_NAME_SIZE], MFT_RESERVED_FIRST);
 
     pub const fn new_raw(name: [u8; MFT_NAME_SIZE], dev_type: u32) -> Self {
-        MftEntry {
-            name,
-            dev_type,
-            device: [0; 16],
-            host_private: 0,
-            attached: 0,
-            _pad: [0; 7],
-        }
+        MftEntry { name, dev_type, device: [0; 16], host_private: 0, attached: 0, _pad: [0; 7] }
     }
 
     /// A device entry with the given name; panics at compile time on a bad name.
@@ -357,11 +364,7 @@ impl MftEntry {
 
     pub fn net(&self) -> MftNetBasic {
         let d = &self.device;
-        MftNetBasic {
-            mac: [d[0], d[1], d[2], d[3], d[4], d[5]],
-            mtu: u16::from_le_bytes([d[6], d[7]]),
-            _pad: [0; 8],
-        }
+        MftNetBasic { mac: [d[0], d[1], d[2], d[3], d[4], d[5]], mtu: u16::from_le_bytes([d[6], d[7]]), _pad: [0; 8] }
     }
 
     pub fn set_net(&mut self, n: MftNetBasic) {
@@ -447,6 +450,7 @@ const _: () = {
     assert!(size_of::<HcHalt>() == 16);
     assert!(offset_of!(HcHalt, exit_status) == 8);
     assert!(size_of::<TrapFrame>() == 56);
+    assert!(size_of::<TrapReport>() == 72 && size_of::<TrapReport>() as u64 <= HALT_COOKIE_MAX);
 
     assert!(size_of::<BootInfo>() == 56);
     assert!(offset_of!(BootInfo, kernel_end) == 8);

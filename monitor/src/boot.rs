@@ -2,8 +2,8 @@
 //! command line, laid out exactly as ABI sections 3, 4 and 6 say.
 
 use guest_abi::{
-    BOOT_GDT_ENTRIES, BOOT_GDT_GPA, BOOT_INFO_GPA, BOOT_PD_GPA, BOOT_PDPT_GPA, BOOT_PML4_GPA,
-    BOOT_PT0_GPA, BootInfo, CMDLINE_SIZE, GUEST_MIN_BASE, MEM_ALIGN, PTE_PRESENT, PTE_PS, PTE_RW,
+    BOOT_GDT_ENTRIES, BOOT_GDT_GPA, BOOT_INFO_GPA, BOOT_PD_GPA, BOOT_PDPT_GPA, BOOT_PML4_GPA, BOOT_PT0_GPA, BootInfo,
+    CMDLINE_SIZE, GUEST_MIN_BASE, MEM_ALIGN, PTE_PRESENT, PTE_PS, PTE_RW,
 };
 
 use crate::elf::Kernel;
@@ -30,9 +30,7 @@ pub struct BootLayout {
 pub fn load_kernel(ram: &mut GuestRam, kernel: &Kernel, image: &[u8]) -> Result<(), MemoryError> {
     for seg in &kernel.segments {
         // Bounds were checked by the ELF validation; `get` keeps this panic-free regardless.
-        let bytes = image
-            .get(seg.file_offset..seg.file_offset + seg.file_size)
-            .ok_or(MemoryError::Setup(seg.vaddr))?;
+        let bytes = image.get(seg.file_offset..seg.file_offset + seg.file_size).ok_or(MemoryError::Setup(seg.vaddr))?;
         // The rest of the segment up to p_memsz is already zero: guest RAM starts zeroed.
         ram.write_setup(seg.vaddr, bytes)?;
     }
@@ -62,10 +60,7 @@ pub fn write_low_memory(
     host_features: u32,
 ) -> Result<BootLayout, BootError> {
     write_page_tables(ram)?;
-    let gdt: Vec<u8> = BOOT_GDT_ENTRIES
-        .iter()
-        .flat_map(|d| d.to_le_bytes())
-        .collect();
+    let gdt: Vec<u8> = BOOT_GDT_ENTRIES.iter().flat_map(|d| d.to_le_bytes()).collect();
     ram.write_setup(BOOT_GDT_GPA, &gdt)?;
 
     let mft_gpa = BOOT_INFO_GPA + size_of::<BootInfo>() as u64;
@@ -85,8 +80,7 @@ pub fn write_low_memory(
         guest_features: 0,
         net_ring,
     };
-    ram.write_arg(BOOT_INFO_GPA, boot_info)
-        .map_err(|_| MemoryError::Setup(BOOT_INFO_GPA))?;
+    ram.write_arg(BOOT_INFO_GPA, boot_info).map_err(|_| MemoryError::Setup(BOOT_INFO_GPA))?;
     Ok(BootLayout { boot_info })
 }
 
@@ -96,9 +90,7 @@ pub fn write_low_memory(
 fn write_page_tables(ram: &GuestRam) -> Result<(), MemoryError> {
     let rw = PTE_PRESENT | PTE_RW;
     ram.write_setup(BOOT_PML4_GPA, &(BOOT_PDPT_GPA | rw).to_le_bytes())?;
-    let pdpt: Vec<u8> = (0..4u64)
-        .flat_map(|i| ((BOOT_PD_GPA + i * 0x1000) | rw).to_le_bytes())
-        .collect();
+    let pdpt: Vec<u8> = (0..4u64).flat_map(|i| ((BOOT_PD_GPA + i * 0x1000) | rw).to_le_bytes()).collect();
     ram.write_setup(BOOT_PDPT_GPA, &pdpt)?;
 
     let pt0: Vec<u8> = (0..512u64)
@@ -114,13 +106,7 @@ fn write_page_tables(ram: &GuestRam) -> Result<(), MemoryError> {
 
     let pages = ram.total() / MEM_ALIGN;
     let pd: Vec<u8> = (0..pages)
-        .map(|i| {
-            if i == 0 {
-                BOOT_PT0_GPA | rw
-            } else {
-                (i * MEM_ALIGN) | rw | PTE_PS
-            }
-        })
+        .map(|i| if i == 0 { BOOT_PT0_GPA | rw } else { (i * MEM_ALIGN) | rw | PTE_PS })
         .flat_map(u64::to_le_bytes)
         .collect();
     ram.write_setup(BOOT_PD_GPA, &pd)?;

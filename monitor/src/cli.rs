@@ -12,7 +12,7 @@ use crate::devices::net::{TapSource, parse_mac};
 use crate::sandbox::SeccompMode;
 
 /// Options that take a value, which may be the next argument (`--mem 512`).
-const VALUE_OPTIONS: [&str; 4] = ["--mem", "--net", "--block", "--seccomp"];
+const VALUE_OPTIONS: [&str; 7] = ["--mem", "--net", "--block", "--seccomp", "--dumpcore", "--report", "--timeout"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -44,6 +44,15 @@ struct Cli {
     /// Syscall sandbox: on (default), log (violations only logged, for debugging), off (for debugging)
     #[arg(long, value_name = "on|log|off", default_value = "on")]
     seccomp: SeccompMode,
+    /// On a guest abort or fault, write an ELF core of the guest into DIR (for gdb)
+    #[arg(long, value_name = "DIR")]
+    dumpcore: Option<PathBuf>,
+    /// Write a JSON report of the run to PATH (or to the open fd N with @N) at exit
+    #[arg(long, value_name = "PATH|@FD")]
+    report: Option<String>,
+    /// Stop the guest after SECONDS (exit status 1)
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    timeout: Option<u64>,
     /// Print version and ABI version
     #[arg(long)]
     version: bool,
@@ -55,10 +64,8 @@ struct Cli {
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Run {
-        config: Config,
-        warnings: Vec<String>,
-    },
+    /// Run `config`; print `warnings` first; write a report to `report` at exit.
+    Run { config: Config, warnings: Vec<String>, report: Option<String> },
     /// Text for stdout, exit 0.
     Info(String),
 }
@@ -86,9 +93,7 @@ fn split_named(arg: &str) -> Option<Named<'_>> {
 }
 
 fn valid_device_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MFT_NAME_MAX
-        && name.bytes().all(|b| b.is_ascii_alphanumeric())
+    !name.is_empty() && name.len() <= MFT_NAME_MAX && name.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Parses `args` (without the program name).
@@ -143,9 +148,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             env!("CARGO_PKG_VERSION")
         )));
     }
-    let kernel = cli
-        .kernel
-        .ok_or_else(|| CliError("Missing KERNEL operand (see --help)".into()))?;
+    let kernel = cli.kernel.ok_or_else(|| CliError("Missing KERNEL operand (see --help)".into()))?;
 
     let mut config = Config::new(kernel);
     let mut warnings = Vec::new();
@@ -155,50 +158,30 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
     }
     config.mem_bytes = mem;
     config.seccomp = cli.seccomp;
+    config.dumpcore = cli.dumpcore;
+    config.timeout = cli.timeout;
     config.guest_args = guest_args.to_vec();
     if let Some(path) = cli.block {
-        config.blocks.push(BlockSpec {
-            name: None,
-            path,
-            block_size: None,
-        });
+        config.blocks.push(BlockSpec { name: None, path, block_size: None });
     }
     if let Some(iface) = cli.net {
-        config.nets.push(NetSpec {
-            name: None,
-            source: tap_source(&iface)?,
-            mac: None,
-        });
+        config.nets.push(NetSpec { name: None, source: tap_source(&iface)?, mac: None });
     }
 
     // Attachments first, so that sector sizes and MACs can refer to them in any order.
-    for n in named
-        .iter()
-        .filter(|n| n.kind == "block" || n.kind == "net")
-    {
+    for n in named.iter().filter(|n| n.kind == "block" || n.kind == "net") {
         let opt = format!("--{}:{}={}", n.kind, n.name, n.value);
         if !valid_device_name(n.name) || n.value.is_empty() {
             return Err(invalid(&opt));
         }
         let name = Some(n.name.to_string());
         if n.kind == "block" {
-            config.blocks.push(BlockSpec {
-                name,
-                path: n.value.into(),
-                block_size: None,
-            });
+            config.blocks.push(BlockSpec { name, path: n.value.into(), block_size: None });
         } else {
-            config.nets.push(NetSpec {
-                name,
-                source: tap_source(n.value)?,
-                mac: None,
-            });
+            config.nets.push(NetSpec { name, source: tap_source(n.value)?, mac: None });
         }
     }
-    for n in named
-        .iter()
-        .filter(|n| n.kind != "block" && n.kind != "net")
-    {
+    for n in named.iter().filter(|n| n.kind != "block" && n.kind != "net") {
         let opt = format!("--{}:{}={}", n.kind, n.name, n.value);
         let name = Some(n.name.to_string());
         match n.kind {
@@ -208,20 +191,18 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
                     return Err(sector_size_error());
                 }
                 let spec = config.blocks.iter_mut().find(|b| b.name == name);
-                spec.ok_or_else(|| CliError(format!("{opt}: no --block:{}=PATH given", n.name)))?
-                    .block_size = Some(size);
+                spec.ok_or_else(|| CliError(format!("{opt}: no --block:{}=PATH given", n.name)))?.block_size =
+                    Some(size);
             }
             "net-mac" => {
-                let mac = parse_mac(n.value)
-                    .ok_or_else(|| CliError(format!("{opt}: malformed MAC address")))?;
+                let mac = parse_mac(n.value).ok_or_else(|| CliError(format!("{opt}: malformed MAC address")))?;
                 let spec = config.nets.iter_mut().find(|s| s.name == name);
-                spec.ok_or_else(|| CliError(format!("{opt}: no --net:{}=IFACE given", n.name)))?
-                    .mac = Some(mac);
+                spec.ok_or_else(|| CliError(format!("{opt}: no --net:{}=IFACE given", n.name)))?.mac = Some(mac);
             }
             _ => return Err(invalid(&opt)),
         }
     }
-    Ok(Command::Run { config, warnings })
+    Ok(Command::Run { config, warnings, report: cli.report })
 }
 
 fn sector_size_error() -> CliError {
@@ -287,10 +268,7 @@ mod tests {
             (&["--mem=abc", "k"][..], "Malformed argument to --mem"),
             (&["--block:bad-name=/x", "k"][..], "Invalid option"),
             (&["--block:d", "k"][..], "Invalid option"),
-            (
-                &["--block:d=/x", "--block-sector-size:d=1000", "k"][..],
-                "power of two",
-            ),
+            (&["--block:d=/x", "--block-sector-size:d=1000", "k"][..], "power of two"),
             (&["--net:n=@x", "k"][..], "Malformed file descriptor"),
             (&["--net:n=t", "--net-mac:n=zz", "k"][..], "malformed MAC"),
         ] {

@@ -18,6 +18,10 @@ pub struct Config {
     pub blocks: Vec<BlockSpec>,
     pub nets: Vec<NetSpec>,
     pub seccomp: SeccompMode,
+    /// `--dumpcore=DIR`: write a guest core there on an abort or a guest fault.
+    pub dumpcore: Option<PathBuf>,
+    /// `--timeout=SECONDS`: end the run after this long.
+    pub timeout: Option<u64>,
 }
 
 impl Config {
@@ -29,6 +33,8 @@ impl Config {
             blocks: Vec::new(),
             nets: Vec::new(),
             seccomp: SeccompMode::default(),
+            dumpcore: None,
+            timeout: None,
         }
     }
 }
@@ -71,10 +77,7 @@ pub enum MemSizeError {
 /// Parses `--mem`'s MiB value into bytes, rounded down to 2 MiB. The second value is true when
 /// rounding changed it (the caller warns).
 pub fn parse_mem_mib(value: &str) -> Result<(u64, bool), MemSizeError> {
-    let mib: u64 = value
-        .trim()
-        .parse()
-        .map_err(|_| MemSizeError::Malformed(value.into()))?;
+    let mib: u64 = value.trim().parse().map_err(|_| MemSizeError::Malformed(value.into()))?;
     let bytes = u128::from(mib) << 20;
     let rounded = bytes / u128::from(MEM_ALIGN) * u128::from(MEM_ALIGN);
     if rounded > u128::from(MEM_MAX) {
@@ -95,17 +98,11 @@ mod tests {
         assert_eq!(parse_mem_mib("512"), Ok((512 << 20, false)));
         assert_eq!(parse_mem_mib("3"), Ok((2 << 20, true)));
         assert_eq!(parse_mem_mib("4097"), Ok((4096 << 20, true)));
-        assert!(matches!(
-            parse_mem_mib("4098"),
-            Err(MemSizeError::TooLarge(_))
-        ));
+        assert!(matches!(parse_mem_mib("4098"), Err(MemSizeError::TooLarge(_))));
         assert!(matches!(parse_mem_mib("1"), Err(MemSizeError::TooSmall(1))));
         assert!(matches!(parse_mem_mib("0"), Err(MemSizeError::TooSmall(0))));
         for bad in ["", "-1", "abc", "1.5", "99999999999999999999999"] {
-            assert!(
-                matches!(parse_mem_mib(bad), Err(MemSizeError::Malformed(_))),
-                "{bad}"
-            );
+            assert!(matches!(parse_mem_mib(bad), Err(MemSizeError::Malformed(_))), "{bad}");
         }
     }
 }

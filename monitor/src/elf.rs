@@ -7,8 +7,8 @@ use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::header::{EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_EXEC, Header};
 use goblin::elf::program_header::{PF_W, PF_X, PT_LOAD, PT_NOTE, ProgramHeader};
 use guest_abi::{
-    ABI_TARGET_HVT, ABI_VERSION, GUEST_MIN_BASE, NOTE_ABI_MAX_DESC, NOTE_HEADER_SIZE,
-    NOTE_MANIFEST_MAX_DESC, NOTE_MANIFEST_PAD, NOTE_NAME, NOTE_TYPE_ABI, NOTE_TYPE_MANIFEST,
+    ABI_TARGET_HVT, ABI_VERSION, GUEST_MIN_BASE, NOTE_ABI_MAX_DESC, NOTE_HEADER_SIZE, NOTE_MANIFEST_MAX_DESC,
+    NOTE_MANIFEST_PAD, NOTE_NAME, NOTE_TYPE_ABI, NOTE_TYPE_MANIFEST,
 };
 
 use crate::manifest::{Manifest, ManifestError};
@@ -65,30 +65,15 @@ impl Kernel {
         let header = check_header(image)?;
         let phdrs = program_headers(image, &header)?;
         check_abi_note(image, &phdrs)?;
-        let manifest_bytes = find_note(
-            image,
-            &phdrs,
-            NOTE_TYPE_MANIFEST,
-            NOTE_MANIFEST_MAX_DESC,
-            NOTE_MANIFEST_PAD,
-        )?
-        .ok_or(ElfError::NoManifest)?;
+        let manifest_bytes = find_note(image, &phdrs, NOTE_TYPE_MANIFEST, NOTE_MANIFEST_MAX_DESC, NOTE_MANIFEST_PAD)?
+            .ok_or(ElfError::NoManifest)?;
         let manifest = Manifest::parse(manifest_bytes)?;
         let segments = check_segments(image, &phdrs, mem_size)?;
         if header.e_entry < GUEST_MIN_BASE || header.e_entry >= mem_size {
             return Err(ElfError::Invalid("entry point outside guest memory"));
         }
-        let kernel_end = segments
-            .iter()
-            .map(|s| s.end)
-            .max()
-            .unwrap_or(GUEST_MIN_BASE);
-        Ok(Kernel {
-            entry: header.e_entry,
-            segments,
-            kernel_end,
-            manifest,
-        })
+        let kernel_end = segments.iter().map(|s| s.end).max().unwrap_or(GUEST_MIN_BASE);
+        Ok(Kernel { entry: header.e_entry, segments, kernel_end, manifest })
     }
 }
 
@@ -105,9 +90,7 @@ fn check_header(image: &[u8]) -> Result<Header, ElfError> {
         return Err(bad);
     }
     if header.e_type != ET_EXEC {
-        return Err(ElfError::Invalid(
-            "not an ET_EXEC executable (PIE and shared objects are not supported)",
-        ));
+        return Err(ElfError::Invalid("not an ET_EXEC executable (PIE and shared objects are not supported)"));
     }
     if header.e_machine != EM_X86_64 {
         return Err(ElfError::Invalid("not an x86-64 executable"));
@@ -116,8 +99,7 @@ fn check_header(image: &[u8]) -> Result<Header, ElfError> {
 }
 
 fn program_headers(image: &[u8], header: &Header) -> Result<Vec<ProgramHeader>, ElfError> {
-    let offset = usize::try_from(header.e_phoff)
-        .map_err(|_| ElfError::Invalid("program headers outside the file"))?;
+    let offset = usize::try_from(header.e_phoff).map_err(|_| ElfError::Invalid("program headers outside the file"))?;
     let ctx = Ctx::new(Container::Big, Endian::Little);
     ProgramHeader::parse(image, offset, usize::from(header.e_phnum), ctx)
         .map_err(|_| ElfError::Invalid("program headers outside the file"))
@@ -164,11 +146,7 @@ fn find_note<'a>(
         let Some(payload_len) = (descsz as usize).checked_sub(pad) else {
             return Err(ElfError::NoteSize);
         };
-        let Some(payload) = file_range(
-            image,
-            ph.p_offset + (NOTE_HEADER_SIZE + pad) as u64,
-            payload_len as u64,
-        ) else {
+        let Some(payload) = file_range(image, ph.p_offset + (NOTE_HEADER_SIZE + pad) as u64, payload_len as u64) else {
             return Err(ElfError::NoteSize);
         };
         return Ok(Some(payload));
@@ -177,8 +155,7 @@ fn find_note<'a>(
 }
 
 fn check_abi_note(image: &[u8], phdrs: &[ProgramHeader]) -> Result<(), ElfError> {
-    let abi =
-        find_note(image, phdrs, NOTE_TYPE_ABI, NOTE_ABI_MAX_DESC, 0)?.ok_or(ElfError::NoAbiNote)?;
+    let abi = find_note(image, phdrs, NOTE_TYPE_ABI, NOTE_ABI_MAX_DESC, 0)?.ok_or(ElfError::NoAbiNote)?;
     if abi.len() < 8 {
         return Err(ElfError::NoteSize);
     }
@@ -193,11 +170,7 @@ fn check_abi_note(image: &[u8], phdrs: &[ProgramHeader]) -> Result<(), ElfError>
 }
 
 /// The PT_LOAD rules of ABI section 2.4, with overflow-safe arithmetic throughout.
-fn check_segments(
-    image: &[u8],
-    phdrs: &[ProgramHeader],
-    mem_size: u64,
-) -> Result<Vec<Segment>, ElfError> {
+fn check_segments(image: &[u8], phdrs: &[ProgramHeader], mem_size: u64) -> Result<Vec<Segment>, ElfError> {
     let mut segments: Vec<Segment> = Vec::new();
     let mut prev_vaddr = 0u64;
     let mut prev_end = 0u64;
@@ -232,10 +205,7 @@ fn check_segments(
         if ph.p_memsz < ph.p_filesz {
             return fail("has a memory size smaller than its file size");
         }
-        let end = match vaddr
-            .checked_add(ph.p_memsz)
-            .and_then(|e| e.checked_add(align - 1))
-        {
+        let end = match vaddr.checked_add(ph.p_memsz).and_then(|e| e.checked_add(align - 1)) {
             Some(e) if (e & !(align - 1)) <= mem_size => e & !(align - 1),
             _ => return fail("is outside guest memory"),
         };

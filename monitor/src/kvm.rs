@@ -4,8 +4,8 @@ use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_regi
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 
 use guest_abi::{
-    BOOT_GDT_CODE_SEL, BOOT_GDT_DATA_SEL, BOOT_GDT_GPA, BOOT_INFO_GPA, BOOT_PML4_GPA, X86_CR0_INIT,
-    X86_CR4_INIT, X86_EFER_INIT, X86_RFLAGS_INIT,
+    BOOT_GDT_CODE_SEL, BOOT_GDT_DATA_SEL, BOOT_GDT_GPA, BOOT_INFO_GPA, BOOT_PML4_GPA, X86_CR0_INIT, X86_CR4_INIT,
+    X86_EFER_INIT, X86_RFLAGS_INIT,
 };
 
 use crate::memory::GuestRam;
@@ -45,10 +45,7 @@ impl Machine {
         if api != KVM_API_VERSION {
             return Err(KvmError::ApiVersion(api));
         }
-        for (cap, name) in [
-            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-            (Cap::GetTscKhz, "KVM_CAP_GET_TSC_KHZ"),
-        ] {
+        for (cap, name) in [(Cap::UserMemory, "KVM_CAP_USER_MEMORY"), (Cap::GetTscKhz, "KVM_CAP_GET_TSC_KHZ")] {
             if !kvm.check_extension(cap) {
                 return Err(KvmError::MissingCap(name));
             }
@@ -63,25 +60,14 @@ impl Machine {
         };
         // SAFETY: the region is exactly our guest mapping, which lives (in `GuestRam`) as long as
         // the VM: the `Vm` that owns both drops the machine first.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
         let tsc_khz = vcpu.get_tsc_khz().map_err(|e| {
-            if e.errno() == libc::EIO {
-                KvmError::UnstableTsc
-            } else {
-                KvmError::Ioctl("KVM_GET_TSC_KHZ", e)
-            }
+            if e.errno() == libc::EIO { KvmError::UnstableTsc } else { KvmError::Ioctl("KVM_GET_TSC_KHZ", e) }
         })?;
-        Ok(Machine {
-            vm,
-            vcpu,
-            tsc_hz: u64::from(tsc_khz) * 1000,
-        })
+        Ok(Machine { vm, vcpu, tsc_hz: u64::from(tsc_khz) * 1000 })
     }
 
     /// Long mode, flat segments, the tender's page tables; RIP at the entry point, RSP at the
@@ -103,13 +89,7 @@ impl Machine {
             unusable: 0,
             padding: 0,
         };
-        let data = kvm_segment {
-            selector: BOOT_GDT_DATA_SEL,
-            type_: 3,
-            db: 1,
-            l: 0,
-            ..code
-        };
+        let data = kvm_segment { selector: BOOT_GDT_DATA_SEL, type_: 3, db: 1, l: 0, ..code };
         sregs.cs = code;
         (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
         sregs.gdt.base = BOOT_GDT_GPA;
@@ -118,9 +98,7 @@ impl Machine {
         sregs.cr3 = BOOT_PML4_GPA;
         sregs.cr4 = X86_CR4_INIT;
         sregs.efer = X86_EFER_INIT;
-        self.vcpu
-            .set_sregs(&sregs)
-            .map_err(ioctl("KVM_SET_SREGS"))?;
+        self.vcpu.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
 
         let regs = kvm_bindings::kvm_regs {
             rip: entry,

@@ -7,10 +7,12 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod dumpcore;
 pub mod elf;
 pub mod kvm;
 pub mod manifest;
 pub mod memory;
+pub mod report;
 pub mod sandbox;
 pub mod signals;
 pub mod vm;
@@ -39,4 +41,6 @@ pub enum Error {
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
     Kvm(#[from] kvm::KvmError),
+    #[error(transparent)]
+    DumpCore(#[from] dumpcore::DumpError),
 }

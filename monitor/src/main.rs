@@ -1,44 +1,73 @@
 //! `tender`: the command-line front end. All the work is in the library.
 
 use std::process::ExitCode;
+use std::time::Instant;
 
 use tender::cli::{self, Command};
+use tender::report::{Ending, ReportFile, Stats};
 use tender::{RunEnd, Vm};
 
 fn main() -> ExitCode {
+    let started = Instant::now();
     let command = match cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
-    let (config, warnings) = match command {
+    let (config, warnings, report) = match command {
         Command::Info(text) => {
             print!("{text}");
             return ExitCode::SUCCESS;
         }
-        Command::Run { config, warnings } => (config, warnings),
+        Command::Run { config, warnings, report } => (config, warnings, report),
+    };
+    let mut report = match report.as_deref().map(ReportFile::open).transpose() {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot open the report file: {e}")),
     };
     for w in warnings {
         eprintln!("tender: warning: {w}");
     }
     let mut vm = match Vm::new(&config) {
         Ok(vm) => vm,
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => {
+            let msg = e.to_string();
+            if let Some(r) = report.as_mut() {
+                let _ = r.write(&Ending::Setup(&msg), started.elapsed(), &Stats::default());
+            }
+            return fail(&msg);
+        }
     };
-    let end = vm.run();
+    let exit_files: Vec<i32> = report.iter().map(ReportFile::fd).collect();
+    let end = vm.run(&exit_files);
     match &end {
-        RunEnd::Halted {
-            trap: Some(t),
-            status,
-        } => eprintln!(
-            "tender: guest aborted (status {status}) on a CPU exception: rip={:#x} rsp={:#x} error={:#x} cr2={:#x}",
-            t.rip, t.rsp, t.error_code, t.cr2
+        RunEnd::Halted { trap: Some(t), status } => eprintln!(
+            "tender: guest aborted (status {status}) on a CPU exception{}: rip={:#x} rsp={:#x} error={:#x} cr2={:#x}",
+            t.vector.map(|v| format!(" (vector {v})")).unwrap_or_default(),
+            t.frame.rip,
+            t.frame.rsp,
+            t.frame.error_code,
+            t.frame.cr2
         ),
         RunEnd::Halted { .. } => {}
         RunEnd::GuestError { error, rip } => eprintln!("tender: {error}, rip={rip:#x}"),
         RunEnd::HostError(msg) => eprintln!("tender: {msg}"),
         RunEnd::Signal(sig) => eprintln!("tender: exiting on signal {sig}"),
+        RunEnd::Timeout(secs) => eprintln!("tender: guest still running after --timeout={secs}s, stopped"),
+    }
+    if let Some(msg) = vm.dump_core(&end) {
+        eprintln!("tender: {msg}");
+    }
+    if let Some(r) = report.as_mut()
+        && let Err(e) = r.write(&Ending::Run(&end), started.elapsed(), &vm.stats)
+    {
+        eprintln!("tender: cannot write the report: {e}");
     }
     exit_sandboxed(end.exit_code())
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("tender: {msg}");
+    ExitCode::FAILURE
 }
 
 /// Ends the process from inside the sandbox: no destructors (the filter allows no munmap or
@@ -47,9 +76,4 @@ fn main() -> ExitCode {
 fn exit_sandboxed(code: u8) -> ! {
     // SAFETY: _exit only ends the process; nothing needs to run before.
     unsafe { libc::_exit(i32::from(code)) }
-}
-
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("tender: {msg}");
-    ExitCode::FAILURE
 }

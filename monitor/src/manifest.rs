@@ -2,8 +2,8 @@
 //! the guest sees.
 
 use guest_abi::{
-    MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, MFT_MAX_ENTRIES, MFT_NAME_SIZE, MFT_RESERVED_FIRST,
-    MFT_VERSION, MftEntry, MftHeader, mft_size,
+    MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, MFT_MAX_ENTRIES, MFT_NAME_SIZE, MFT_RESERVED_FIRST, MFT_VERSION, MftEntry,
+    MftHeader, mft_size,
 };
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,10 +61,7 @@ impl Manifest {
             return Err(invalid("size does not match its entry count"));
         }
         let entry_len = size_of::<MftEntry>();
-        let entries: Vec<MftEntry> = bytes[header_len..]
-            .chunks_exact(entry_len)
-            .map(entry_from_bytes)
-            .collect();
+        let entries: Vec<MftEntry> = bytes[header_len..].chunks_exact(entry_len).map(entry_from_bytes).collect();
         let first = &entries[0];
         if first.dev_type != MFT_RESERVED_FIRST || first.name[0] != 0 {
             return Err(invalid("entry 0 is not the reserved entry"));
@@ -96,12 +93,7 @@ impl Manifest {
             .iter()
             .enumerate()
             .filter(move |(_, e)| e.dev_type == kind.abi_type())
-            .map(|(i, e)| {
-                (
-                    i as u64,
-                    String::from_utf8_lossy(e.name_bytes()).into_owned(),
-                )
-            })
+            .map(|(i, e)| (i as u64, String::from_utf8_lossy(e.name_bytes()).into_owned()))
     }
 
     /// The bytes the guest gets at boot: header plus entries, with the tender's fields filled.
@@ -137,18 +129,12 @@ pub(crate) mod tests {
 
     /// Serialises entries as an ELF's manifest payload would hold them.
     pub fn payload(entries: &[MftEntry]) -> Vec<u8> {
-        Manifest {
-            entries: entries.to_vec(),
-        }
-        .to_guest_bytes()
+        Manifest { entries: entries.to_vec() }.to_guest_bytes()
     }
 
     #[test]
     fn valid_manifest_round_trips() {
-        let p = payload(&[
-            MftEntry::RESERVED,
-            MftEntry::new("disk", MFT_DEV_BLOCK_BASIC),
-        ]);
+        let p = payload(&[MftEntry::RESERVED, MftEntry::new("disk", MFT_DEV_BLOCK_BASIC)]);
         let m = Manifest::parse(&p).unwrap();
         assert_eq!(m.find("disk").unwrap().0, 1);
         assert!(m.find("").is_none(), "the reserved entry is never a device");

@@ -7,10 +7,9 @@
 
 use std::fmt;
 
-use guest_abi::{BootInfo, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, TrapFrame};
+use guest_abi::{BootInfo, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, TrapFrame, TrapReport};
 use vm_memory::{
-    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    VolatileSlice,
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, VolatileSlice,
 };
 
 /// A guest request that breaks the ABI's memory rules. Ends the run (exit 1).
@@ -30,11 +29,7 @@ impl fmt::Display for GuestFault {
                 self.gpa, self.len
             )
         } else {
-            write!(
-                f,
-                "invalid guest access: gpa={:#x}, size={}",
-                self.gpa, self.len
-            )
+            write!(f, "invalid guest access: gpa={:#x}, size={}", self.gpa, self.len)
         }
     }
 }
@@ -65,9 +60,7 @@ macro_rules! abi_pod {
         unsafe impl ByteValued for Abi<$t> {}
     )*};
 }
-abi_pod!(
-    HcWalltime, HcPuts, HcPoll, HcBlock, HcNet, HcHalt, BootInfo, TrapFrame
-);
+abi_pod!(HcWalltime, HcPuts, HcPoll, HcBlock, HcNet, HcHalt, BootInfo, TrapFrame, TrapReport);
 
 /// Guest RAM: one anonymous, zero-filled mapping at GPA 0.
 pub struct GuestRam {
@@ -81,15 +74,10 @@ pub struct GuestRam {
 impl GuestRam {
     /// Allocates `total` bytes (the guest's memory plus any device areas above `limit`).
     pub fn new(total: u64, limit: u64) -> Result<Self, MemoryError> {
-        let size =
-            usize::try_from(total).map_err(|_| MemoryError::Allocate(total, "too large".into()))?;
+        let size = usize::try_from(total).map_err(|_| MemoryError::Allocate(total, "too large".into()))?;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
             .map_err(|e| MemoryError::Allocate(total, e.to_string()))?;
-        Ok(GuestRam {
-            mem,
-            limit,
-            read_only: Vec::new(),
-        })
+        Ok(GuestRam { mem, limit, read_only: Vec::new() })
     }
 
     pub fn inner(&self) -> &GuestMemoryMmap {
@@ -109,16 +97,12 @@ impl GuestRam {
     /// Host address of the mapping's start (for KVM_SET_USER_MEMORY_REGION).
     pub fn host_base(&self) -> *mut u8 {
         // GPA 0 always exists: the mapping starts there.
-        self.mem
-            .get_host_address(GuestAddress(0))
-            .unwrap_or(std::ptr::null_mut())
+        self.mem.get_host_address(GuestAddress(0)).unwrap_or(std::ptr::null_mut())
     }
 
     /// Setup-time write (loader, boot info); not for guest-supplied addresses.
     pub fn write_setup(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
-        self.mem
-            .write_slice(data, GuestAddress(gpa))
-            .map_err(|_| MemoryError::Setup(gpa))
+        self.mem.write_slice(data, GuestAddress(gpa)).map_err(|_| MemoryError::Setup(gpa))
     }
 
     /// Makes `[start, end)` read-only on the host and remembers it, so that no out-parameter is
@@ -128,10 +112,7 @@ impl GuestRam {
             return Ok(());
         }
         let len = usize::try_from(end - start).map_err(|_| MemoryError::Setup(start))?;
-        let slice = self
-            .mem
-            .get_slice(GuestAddress(start), len)
-            .map_err(|_| MemoryError::Setup(start))?;
+        let slice = self.mem.get_slice(GuestAddress(start), len).map_err(|_| MemoryError::Setup(start))?;
         let ptr = slice.ptr_guard_mut().as_ptr();
         // SAFETY: `ptr..ptr+len` is a page-aligned part of our own guest mapping (vm-memory
         // checked the range); making it read-only cannot invalidate any Rust reference because
@@ -150,11 +131,7 @@ impl GuestRam {
     pub fn check(&self, gpa: u64, len: u64) -> Result<(), GuestFault> {
         match gpa.checked_add(len) {
             Some(end) if gpa < self.limit && end < self.limit => Ok(()),
-            _ => Err(GuestFault {
-                gpa,
-                len,
-                write: false,
-            }),
+            _ => Err(GuestFault { gpa, len, write: false }),
         }
     }
 
@@ -162,16 +139,9 @@ impl GuestRam {
     pub fn check_write(&self, gpa: u64, len: u64) -> Result<(), GuestFault> {
         self.check(gpa, len)?;
         let end = gpa + len; // cannot overflow: checked above
-        let overlaps = self
-            .read_only
-            .iter()
-            .any(|&(s, e)| gpa < e && s < end.max(gpa + 1));
+        let overlaps = self.read_only.iter().any(|&(s, e)| gpa < e && s < end.max(gpa + 1));
         if overlaps {
-            return Err(GuestFault {
-                gpa,
-                len,
-                write: true,
-            });
+            return Err(GuestFault { gpa, len, write: true });
         }
         Ok(())
     }
@@ -183,14 +153,7 @@ impl GuestRam {
     {
         let len = size_of::<T>() as u64;
         self.check(gpa, len)?;
-        self.mem
-            .read_obj::<Abi<T>>(GuestAddress(gpa))
-            .map(|a| a.0)
-            .map_err(|_| GuestFault {
-                gpa,
-                len,
-                write: false,
-            })
+        self.mem.read_obj::<Abi<T>>(GuestAddress(gpa)).map(|a| a.0).map_err(|_| GuestFault { gpa, len, write: false })
     }
 
     /// Writes a hypercall argument struct back (its out-fields).
@@ -200,13 +163,7 @@ impl GuestRam {
     {
         let len = size_of::<T>() as u64;
         self.check_write(gpa, len)?;
-        self.mem
-            .write_obj(Abi(val), GuestAddress(gpa))
-            .map_err(|_| GuestFault {
-                gpa,
-                len,
-                write: true,
-            })
+        self.mem.write_obj(Abi(val), GuestAddress(gpa)).map_err(|_| GuestFault { gpa, len, write: true })
     }
 
     /// A checked view of a guest buffer that the host will read.
@@ -241,10 +198,7 @@ mod tests {
         let r = ram();
         let m = r.limit();
         assert!(r.check(m - 16, 8).is_ok());
-        assert!(
-            r.check(m - 8, 8).is_err(),
-            "ending exactly at mem_size is rejected"
-        );
+        assert!(r.check(m - 8, 8).is_err(), "ending exactly at mem_size is rejected");
         assert!(r.check(m, 0).is_err());
         assert!(r.check(u64::MAX - 3, 8).is_err());
         assert!(r.check(8, u64::MAX).is_err());
@@ -256,18 +210,12 @@ mod tests {
         let mut r = ram();
         r.protect_read_only(0x10_0000, 0x10_2000).unwrap();
         assert!(r.write_arg(0x10_1000, HcWalltime { nsecs: 1 }).is_err());
-        assert!(
-            r.write_arg(0x10_0ffc, HcWalltime { nsecs: 1 }).is_err(),
-            "straddling"
-        );
+        assert!(r.write_arg(0x10_0ffc, HcWalltime { nsecs: 1 }).is_err(), "straddling");
         assert!(r.slice_mut(0x10_1fff, 1).is_err());
         assert!(r.slice_mut(0x10_2000, 16).is_ok());
         assert!(r.slice(0x10_1000, 16).is_ok(), "reading is fine");
         assert!(r.check_write(0x10_2000, 0).is_ok());
-        assert!(
-            r.check_write(0x10_1000, 0).is_err(),
-            "an empty write inside is still refused"
-        );
+        assert!(r.check_write(0x10_1000, 0).is_err(), "an empty write inside is still refused");
         r.write_arg(0x20_0000, HcWalltime { nsecs: 7 }).unwrap();
         assert_eq!(r.read_arg::<HcWalltime>(0x20_0000).unwrap().nsecs, 7);
     }

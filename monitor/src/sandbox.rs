@@ -24,9 +24,7 @@ impl std::str::FromStr for SeccompMode {
             "on" => Ok(SeccompMode::On),
             "log" => Ok(SeccompMode::Log),
             "off" => Ok(SeccompMode::Off),
-            _ => Err(format!(
-                "invalid --seccomp value '{s}' (expected on, log or off)"
-            )),
+            _ => Err(format!("invalid --seccomp value '{s}' (expected on, log or off)")),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! SIGINT and SIGTERM end the run cleanly (status 1), as solo5-hvt does.
+//! SIGINT and SIGTERM end the run cleanly (status 1), as solo5-hvt does; so does SIGALRM, which
+//! `--timeout` arms.
 //!
 //! The handler only records the signal and sets the vCPU's `immediate_exit`, so a signal that
 //! arrives just before KVM_RUN still stops the guest; the run loop does the rest.
@@ -22,16 +23,18 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 /// Installs the handlers (without SA_RESTART, so blocking calls return EINTR).
 /// `immediate_exit` is the vCPU's `kvm_run.immediate_exit` byte.
-pub fn install(immediate_exit: *mut u8) -> nix::Result<()> {
+/// With `timeout_secs`, SIGALRM is armed to fire that many seconds from now.
+pub fn install(immediate_exit: *mut u8, timeout_secs: Option<u64>) -> nix::Result<()> {
     IMMEDIATE_EXIT.store(immediate_exit, Ordering::SeqCst);
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGALRM] {
         // SAFETY: the handler only does atomic stores and one volatile byte store.
         unsafe { sigaction(sig, &action) }?;
+    }
+    if let Some(secs) = timeout_secs {
+        let secs = libc::c_uint::try_from(secs).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: alarm only arms the process's real-time timer.
+        unsafe { libc::alarm(secs) };
     }
     Ok(())
 }

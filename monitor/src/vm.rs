@@ -7,9 +7,11 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
+use std::time::Instant;
+
 use guest_abi::{
-    HALT_COOKIE_MAX, HYPERCALL_PIO_BASE, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime,
-    Hypercall, MFT_RESERVED_FIRST, SOLO5_EXIT_ABORT, SOLO5_R_EINVAL, TrapFrame,
+    HALT_COOKIE_MAX, HYPERCALL_PIO_BASE, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, Hypercall,
+    MFT_RESERVED_FIRST, SOLO5_EXIT_ABORT, SOLO5_R_EINVAL, SOLO5_R_OK, TRAP_REPORT_MAGIC, TrapFrame, TrapReport,
 };
 use kvm_ioctls::VcpuExit;
 
@@ -19,10 +21,12 @@ use crate::devices::Device;
 use crate::devices::block::{BlockDevice, DEFAULT_BLOCK_SIZE};
 use crate::devices::net::NetDevice;
 use crate::devices::poll::{Poller, Wait};
+use crate::dumpcore::CoreDump;
 use crate::elf::Kernel;
 use crate::kvm::Machine;
 use crate::manifest::{DeviceKind, Manifest};
 use crate::memory::{GuestFault, GuestRam};
+use crate::report::{DeviceStats, Stats};
 use crate::sandbox::{self, SeccompMode};
 use crate::{Error, signals};
 use tender_seccomp::Allowlist;
@@ -35,16 +39,23 @@ const MAX_KERNEL_FILE: u64 = guest_abi::MEM_MAX;
 pub enum RunEnd {
     /// The guest called HALT. `trap` is the trap frame its runtime left at the cookie on an
     /// abort caused by a CPU exception.
-    Halted {
-        status: i32,
-        trap: Option<TrapFrame>,
-    },
+    Halted { status: i32, trap: Option<Trap> },
     /// The guest broke the rules; the run was ended.
     GuestError { error: GuestError, rip: u64 },
     /// A host-side failure during the run (I/O error, KVM failure).
     HostError(String),
     /// SIGINT or SIGTERM.
     Signal(i32),
+    /// `--timeout` seconds passed.
+    Timeout(u64),
+}
+
+/// A CPU exception the guest's runtime reported at HALT.
+#[derive(Clone, Copy, Debug)]
+pub struct Trap {
+    pub frame: TrapFrame,
+    /// Known when the runtime left a [`guest_abi::TrapReport`] (guest-rt does; Solo5 does not).
+    pub vector: Option<u64>,
 }
 
 impl RunEnd {
@@ -63,11 +74,7 @@ pub enum GuestError {
     #[error("{0}")]
     Access(GuestFault),
     #[error("Invalid guest port access: port={port:#x}, size={size}, direction={direction}")]
-    Port {
-        port: u16,
-        size: usize,
-        direction: &'static str,
-    },
+    Port { port: u16, size: usize, direction: &'static str },
     #[error("Invalid guest hypercall: num={0}")]
     Hypercall(u16),
     #[error("guest halted the CPU (hlt)")]
@@ -92,11 +99,7 @@ pub enum HypercallError {
     #[error(transparent)]
     Guest(#[from] GuestError),
     #[error("Fatal error on {device}: {op} failed: {err}")]
-    HostIo {
-        device: String,
-        op: &'static str,
-        err: std::io::Error,
-    },
+    HostIo { device: String, op: &'static str, err: std::io::Error },
     #[error("{0}")]
     Host(String),
     /// A signal arrived while waiting.
@@ -113,7 +116,7 @@ impl From<GuestFault> for HypercallError {
 /// Result of one hypercall: keep running, or the guest halted.
 enum Next {
     Resume,
-    Halt(i32, Option<TrapFrame>),
+    Halt(i32, Option<Trap>),
 }
 
 pub struct Vm {
@@ -123,16 +126,18 @@ pub struct Vm {
     devices: Vec<Device>,
     poller: Poller,
     seccomp: SeccompMode,
+    timeout: Option<u64>,
+    core: Option<CoreDump>,
+    started: Instant,
+    pub stats: Stats,
 }
 
 impl Vm {
     /// Validates the kernel and the devices and builds the VM, ready to run.
     pub fn new(config: &Config) -> Result<Self, Error> {
+        let started = Instant::now();
         let image = read_kernel(&config.kernel)?;
-        let elf_err = |source| Error::Elf {
-            path: config.kernel.display().to_string(),
-            source,
-        };
+        let elf_err = |source| Error::Elf { path: config.kernel.display().to_string(), source };
         let kernel = Kernel::parse(&image, config.mem_bytes).map_err(elf_err)?;
         let cmdline = boot::guest_cmdline(&config.guest_args)?;
         let (devices, manifest) = attach_devices(config, &kernel.manifest)?;
@@ -149,13 +154,22 @@ impl Vm {
         let machine = Machine::new(&ram)?;
         boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz, 0, 0)?;
         machine.set_boot_state(kernel.entry, ram.limit())?;
-        Ok(Vm {
-            machine,
-            ram,
-            devices,
-            poller,
-            seccomp: config.seccomp,
-        })
+        let core = match &config.dumpcore {
+            Some(dir) => Some(CoreDump::arm(dir, ram.limit())?),
+            None => None,
+        };
+        let stats = Stats {
+            devices: devices
+                .iter()
+                .map(|d| match d {
+                    Device::Block(b) => DeviceStats { name: b.name.clone(), kind: "block", ..Default::default() },
+                    Device::Net(n) => DeviceStats { name: n.name.clone(), kind: "net", ..Default::default() },
+                    Device::None => DeviceStats::default(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Ok(Vm { machine, ram, devices, poller, seccomp: config.seccomp, timeout: config.timeout, core, started, stats })
     }
 
     /// Runs the guest until it halts, breaks a rule, or a signal ends the run.
@@ -163,12 +177,14 @@ impl Vm {
     /// Before the first instruction, tender closes every fd it does not need and (unless
     /// `--seccomp=off`) locks itself into the syscall allowlist. After that the process must not
     /// free or close anything: callers end the process without dropping the `Vm`.
-    pub fn run(&mut self) -> RunEnd {
+    /// `exit_files` are fds the caller will still write at exit (the report).
+    pub fn run(&mut self, exit_files: &[RawFd]) -> RunEnd {
         let immediate_exit = &mut self.machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
-        if let Err(e) = signals::install(immediate_exit) {
+        if let Err(e) = signals::install(immediate_exit, self.timeout) {
             return RunEnd::HostError(format!("cannot install signal handlers: {e}"));
         }
-        let allow = self.allowlist();
+        let mut allow = self.allowlist();
+        allow.exit_file_fds.extend_from_slice(exit_files);
         let keep: Vec<RawFd> = allow
             .vcpu_fd
             .iter()
@@ -177,6 +193,7 @@ impl Vm {
             .chain(&allow.exit_file_fds)
             .chain(&allow.epoll_fd)
             .chain(&allow.timer_fd)
+            .chain(allow.core_dump.iter().flat_map(|(f, d)| [f, d]))
             .chain(std::iter::once(&self.machine.vm.as_raw_fd()))
             .copied()
             .collect();
@@ -197,6 +214,10 @@ impl Vm {
             output_fds: vec![1, 2],
             epoll_fd: Some(epoll),
             timer_fd: Some(timer),
+            core_dump: self.core.as_ref().map(|c| {
+                let [file, dir] = c.fds();
+                (file, dir)
+            }),
             ..Default::default()
         };
         for dev in &self.devices {
@@ -210,30 +231,26 @@ impl Vm {
     }
 
     fn run_loop(&mut self) -> RunEnd {
+        self.stats.to_first_instruction = Some(self.started.elapsed());
         loop {
             if let Some(sig) = signals::pending() {
-                return RunEnd::Signal(sig);
+                return match (sig, self.timeout) {
+                    (libc::SIGALRM, Some(secs)) => RunEnd::Timeout(secs),
+                    _ => RunEnd::Signal(sig),
+                };
             }
             let result = match self.machine.vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => Ok(decode_out(port, data)),
-                Ok(VcpuExit::IoIn(port, data)) => Err(GuestError::Port {
-                    port,
-                    size: data.len(),
-                    direction: "in",
-                }),
+                Ok(VcpuExit::IoIn(port, data)) => Err(GuestError::Port { port, size: data.len(), direction: "in" }),
                 Ok(VcpuExit::MmioWrite(gpa, _)) => Err(GuestError::Mmio { op: "write", gpa }),
                 Ok(VcpuExit::MmioRead(gpa, _)) => Err(GuestError::Mmio { op: "read", gpa }),
-                Ok(VcpuExit::MemoryFault { gpa, .. }) => {
-                    Err(GuestError::Mmio { op: "access", gpa })
-                }
+                Ok(VcpuExit::MemoryFault { gpa, .. }) => Err(GuestError::Mmio { op: "access", gpa }),
                 Ok(VcpuExit::Hlt) => Err(GuestError::Hlt),
                 Ok(VcpuExit::Shutdown) => Err(GuestError::Shutdown),
                 Ok(VcpuExit::FailEntry(reason, _)) => Err(GuestError::FailEntry(reason)),
                 Ok(VcpuExit::InternalError) => Err(GuestError::Internal(self.internal_suberror())),
                 Ok(VcpuExit::Intr) => continue,
-                Ok(_) => Err(GuestError::Unhandled(
-                    self.machine.vcpu.get_kvm_run().exit_reason,
-                )),
+                Ok(_) => Err(GuestError::Unhandled(self.machine.vcpu.get_kvm_run().exit_reason)),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
                 Err(e) if e.errno() == libc::EFAULT => Err(GuestError::TranslationFault),
                 Err(e) => return RunEnd::HostError(format!("KVM: ioctl (KVM_RUN) failed: {e}")),
@@ -246,10 +263,7 @@ impl Vm {
                 Ok(Next::Resume) => {}
                 Ok(Next::Halt(status, trap)) => return RunEnd::Halted { status, trap },
                 Err(HypercallError::Guest(error)) => {
-                    return RunEnd::GuestError {
-                        error,
-                        rip: self.rip(),
-                    };
+                    return RunEnd::GuestError { error, rip: self.rip() };
                 }
                 Err(HypercallError::Interrupted) => continue,
                 Err(e) => return RunEnd::HostError(e.to_string()),
@@ -270,6 +284,7 @@ impl Vm {
 
     /// Dispatches hypercall `nr` with its argument struct at `gpa`.
     fn hypercall(&mut self, nr: Hypercall, gpa: u64) -> Result<Next, HypercallError> {
+        self.stats.hypercalls[nr as usize] += 1;
         match nr {
             Hypercall::Walltime => self.walltime(gpa),
             Hypercall::Puts => self.puts(gpa),
@@ -287,9 +302,7 @@ impl Vm {
 
     fn walltime(&mut self, gpa: u64) -> Result<(), HaltOr> {
         let mut arg: HcWalltime = self.ram.read_arg(gpa)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         arg.nsecs = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         Ok(self.ram.write_arg(gpa, arg)?)
     }
@@ -301,24 +314,13 @@ impl Vm {
         while done < buf.len() {
             // SAFETY: `buf` is a checked range of guest RAM, mapped for this call; the kernel
             // only reads from it.
-            let n = unsafe {
-                libc::write(
-                    1,
-                    buf.ptr_guard().as_ptr().add(done).cast(),
-                    buf.len() - done,
-                )
-            };
+            let n = unsafe { libc::write(1, buf.ptr_guard().as_ptr().add(done).cast(), buf.len() - done) };
             if n < 0 {
                 let err = std::io::Error::last_os_error();
                 if err.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(HypercallError::HostIo {
-                    device: "console".into(),
-                    op: "write",
-                    err,
-                }
-                .into());
+                return Err(HypercallError::HostIo { device: "console".into(), op: "write", err }.into());
             }
             done += n as usize;
         }
@@ -343,23 +345,29 @@ impl Vm {
     fn block(&mut self, nr: Hypercall, gpa: u64) -> Result<(), HaltOr> {
         let mut arg: HcBlock = self.ram.read_arg(gpa)?;
         self.ram.check_write(gpa, size_of::<HcBlock>() as u64)?;
+        let read = nr == Hypercall::BlockRead;
         arg.ret = match self.device(arg.handle) {
-            Some(Device::Block(dev)) if nr == Hypercall::BlockRead => dev.read(&self.ram, &arg)?,
+            Some(Device::Block(dev)) if read => dev.read(&self.ram, &arg)?,
             Some(Device::Block(dev)) => dev.write(&self.ram, &arg)?,
             _ => SOLO5_R_EINVAL,
         };
+        if arg.ret == SOLO5_R_OK {
+            self.count(arg.handle, read, arg.len);
+        }
         Ok(self.ram.write_arg(gpa, arg)?)
     }
 
     fn net(&mut self, nr: Hypercall, gpa: u64) -> Result<(), HaltOr> {
         let mut arg: HcNet = self.ram.read_arg(gpa)?;
         self.ram.check_write(gpa, size_of::<HcNet>() as u64)?;
+        let read = nr == Hypercall::NetRead;
         match self.device(arg.handle) {
-            Some(Device::Net(dev)) if nr == Hypercall::NetRead => {
-                (arg.ret, arg.len) = dev.read(&self.ram, &arg)?
-            }
+            Some(Device::Net(dev)) if read => (arg.ret, arg.len) = dev.read(&self.ram, &arg)?,
             Some(Device::Net(dev)) => arg.ret = dev.write(&self.ram, &arg)?,
             _ => arg.ret = SOLO5_R_EINVAL,
+        }
+        if arg.ret == SOLO5_R_OK {
+            self.count(arg.handle, read, arg.len);
         }
         Ok(self.ram.write_arg(gpa, arg)?)
     }
@@ -370,22 +378,49 @@ impl Vm {
         if arg.cookie != 0 {
             self.ram.check(arg.cookie, HALT_COOKIE_MAX)?;
             if arg.exit_status == SOLO5_EXIT_ABORT {
-                trap = Some(self.ram.read_arg::<TrapFrame>(arg.cookie)?);
+                let report: TrapReport = self.ram.read_arg(arg.cookie)?;
+                let vector = (report.magic == TRAP_REPORT_MAGIC).then_some(report.vector);
+                trap = Some(Trap { frame: report.frame, vector });
             }
         }
         Err(HaltOr::Halt(arg.exit_status, trap))
     }
 
+    /// Counts one successful device operation (handle already validated by the caller).
+    fn count(&mut self, handle: u64, read: bool, bytes: u64) {
+        if let Some(d) = usize::try_from(handle).ok().and_then(|h| self.stats.devices.get_mut(h)) {
+            let (ops, total) =
+                if read { (&mut d.read_ops, &mut d.read_bytes) } else { (&mut d.write_ops, &mut d.write_bytes) };
+            *ops += 1;
+            *total += bytes;
+        }
+    }
+
+    /// Writes the core dump if one is armed and the run ended in an abort or a guest fault.
+    /// Returns what to tell the user.
+    pub fn dump_core(&mut self, end: &RunEnd) -> Option<String> {
+        let trap = match end {
+            RunEnd::Halted { status, trap } if *status == SOLO5_EXIT_ABORT => trap.map(|t| t.frame),
+            RunEnd::GuestError { .. } => None,
+            _ => return None,
+        };
+        let core = self.core.as_mut()?;
+        let regs = self.machine.vcpu.get_regs().unwrap_or_default();
+        let sregs = self.machine.vcpu.get_sregs().unwrap_or_default();
+        Some(match core.write(&self.ram, &regs, &sregs, trap.as_ref()) {
+            Ok(what) => format!("dumpcore: guest core written: {what}"),
+            Err(e) => format!("dumpcore: cannot write the guest core: {e}"),
+        })
+    }
+
     fn device(&self, handle: u64) -> Option<&Device> {
-        usize::try_from(handle)
-            .ok()
-            .and_then(|h| self.devices.get(h))
+        usize::try_from(handle).ok().and_then(|h| self.devices.get(h))
     }
 }
 
 /// Handlers return this so that HALT can leave the loop through the same `?` path as errors.
 enum HaltOr {
-    Halt(i32, Option<TrapFrame>),
+    Halt(i32, Option<Trap>),
     Err(HypercallError),
 }
 
@@ -397,11 +432,7 @@ impl<E: Into<HypercallError>> From<E> for HaltOr {
 
 /// A hypercall is a 4-byte OUT of a 32-bit GPA to port 0x500 + nr; anything else is an error.
 fn decode_out(port: u16, data: &[u8]) -> Result<(Hypercall, u64), GuestError> {
-    let bad_port = GuestError::Port {
-        port,
-        size: data.len(),
-        direction: "out",
-    };
+    let bad_port = GuestError::Port { port, size: data.len(), direction: "out" };
     let Ok(bytes) = <[u8; 4]>::try_from(data) else {
         return Err(bad_port);
     };
@@ -414,22 +445,13 @@ fn decode_out(port: u16, data: &[u8]) -> Result<(Hypercall, u64), GuestError> {
 }
 
 fn read_kernel(path: &Path) -> Result<Vec<u8>, Error> {
-    let io_err = |e: std::io::Error| Error::Kernel {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
+    let io_err = |e: std::io::Error| Error::Kernel { path: path.display().to_string(), reason: e.to_string() };
     let meta = std::fs::metadata(path).map_err(io_err)?;
     if !meta.is_file() {
-        return Err(Error::Kernel {
-            path: path.display().to_string(),
-            reason: "not a regular file".into(),
-        });
+        return Err(Error::Kernel { path: path.display().to_string(), reason: "not a regular file".into() });
     }
     if meta.len() > MAX_KERNEL_FILE {
-        return Err(Error::Kernel {
-            path: path.display().to_string(),
-            reason: "file too large".into(),
-        });
+        return Err(Error::Kernel { path: path.display().to_string(), reason: "file too large".into() });
     }
     std::fs::read(path).map_err(io_err)
 }
@@ -441,29 +463,14 @@ fn attach_devices(config: &Config, manifest: &Manifest) -> Result<(Vec<Device>, 
     let mut devices: Vec<Device> = manifest.entries.iter().map(|_| Device::None).collect();
 
     for spec in &config.blocks {
-        let handle = resolve(
-            &manifest,
-            spec.name.as_deref(),
-            DeviceKind::Block,
-            &spec.path.display().to_string(),
-        )?;
+        let handle = resolve(&manifest, spec.name.as_deref(), DeviceKind::Block, &spec.path.display().to_string())?;
         let entry = &mut manifest.entries[handle];
         let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
         if entry.attached != 0 {
-            return Err(Error::Device(format!(
-                "device '{name}' is attached more than once"
-            )));
+            return Err(Error::Device(format!("device '{name}' is attached more than once")));
         }
-        let dev = BlockDevice::open(
-            &name,
-            &spec.path,
-            spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
-        )?;
-        entry.set_block(guest_abi::MftBlockBasic {
-            capacity: dev.capacity,
-            block_size: dev.block_size,
-            _pad: [0; 6],
-        });
+        let dev = BlockDevice::open(&name, &spec.path, spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE))?;
+        entry.set_block(guest_abi::MftBlockBasic { capacity: dev.capacity, block_size: dev.block_size, _pad: [0; 6] });
         entry.attached = 1;
         devices[handle] = Device::Block(dev);
     }
@@ -476,24 +483,14 @@ fn attach_devices(config: &Config, manifest: &Manifest) -> Result<(Vec<Device>, 
         let entry = &mut manifest.entries[handle];
         let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
         if entry.attached != 0 {
-            return Err(Error::Device(format!(
-                "device '{name}' is attached more than once"
-            )));
+            return Err(Error::Device(format!("device '{name}' is attached more than once")));
         }
         let dev = NetDevice::open(&name, &spec.source, spec.mac)?;
-        entry.set_net(guest_abi::MftNetBasic {
-            mac: dev.mac,
-            mtu: dev.mtu,
-            _pad: [0; 8],
-        });
+        entry.set_net(guest_abi::MftNetBasic { mac: dev.mac, mtu: dev.mtu, _pad: [0; 8] });
         entry.attached = 1;
         devices[handle] = Device::Net(dev);
     }
-    if let Some(e) = manifest
-        .entries
-        .iter()
-        .find(|e| e.dev_type < MFT_RESERVED_FIRST && e.attached == 0)
-    {
+    if let Some(e) = manifest.entries.iter().find(|e| e.dev_type < MFT_RESERVED_FIRST && e.attached == 0) {
         let kind = match e.dev_type {
             guest_abi::MFT_DEV_BLOCK_BASIC => "BLOCK_BASIC",
             guest_abi::MFT_DEV_NET_BASIC => "NET_BASIC",
@@ -509,19 +506,12 @@ fn attach_devices(config: &Config, manifest: &Manifest) -> Result<(Vec<Device>, 
 
 /// The manifest index a `--block`/`--net` option refers to. Without a name, the guest must
 /// declare exactly one device of that kind.
-fn resolve(
-    manifest: &Manifest,
-    name: Option<&str>,
-    kind: DeviceKind,
-    value: &str,
-) -> Result<usize, Error> {
+fn resolve(manifest: &Manifest, name: Option<&str>, kind: DeviceKind, value: &str) -> Result<usize, Error> {
     let handle = match name {
         Some(name) => match manifest.find(name) {
             Some((h, e)) if e.dev_type == kind.abi_type() => h,
             _ => {
-                return Err(Error::Device(format!(
-                    "Resource not declared in manifest: '{name}'"
-                )));
+                return Err(Error::Device(format!("Resource not declared in manifest: '{name}'")));
             }
         },
         None => {
@@ -540,11 +530,7 @@ fn resolve(
                         "{value}: the unikernel declares several {} devices ({}); name one, as in --{}:NAME={value}",
                         kind.abi_name(),
                         names.join(", "),
-                        if kind == DeviceKind::Block {
-                            "block"
-                        } else {
-                            "net"
-                        }
+                        if kind == DeviceKind::Block { "block" } else { "net" }
                     )));
                 }
             }

@@ -32,24 +32,15 @@ fn guest_exit_status_becomes_tender_status() {
 fn panic_aborts_with_255_and_a_message() {
     let (code, out, _) = run(&[&hello(), "panic"]);
     assert_eq!(code, 255);
-    assert!(
-        out.contains("panic") && out.contains("panicking as asked"),
-        "{out}"
-    );
+    assert!(out.contains("panic") && out.contains("panicking as asked"), "{out}");
 }
 
 #[test]
 fn fault_is_reported_by_guest_and_tender() {
     let (code, out, err) = run(&[&hello(), "fault"]);
     assert_eq!(code, 255);
-    assert!(
-        out.contains("trap") && out.contains("#PF"),
-        "guest line: {out}"
-    );
-    assert!(
-        err.contains("CPU exception") && err.contains("rip=0x") && err.contains("cr2=0x8"),
-        "{err}"
-    );
+    assert!(out.contains("trap") && out.contains("#PF"), "guest line: {out}");
+    assert!(err.contains("CPU exception") && err.contains("rip=0x") && err.contains("cr2=0x8"), "{err}");
 }
 
 #[test]
@@ -79,15 +70,9 @@ fn bad_options_give_one_line_and_exit_1() {
         (vec!["--mem=0", &h], "below the minimum"),
         (vec!["--mem=4098", &h], "exceeds the max size"),
         (vec!["--mem=lots", &h], "Malformed argument to --mem"),
-        (
-            vec!["--frobnicate", &h],
-            "unexpected argument '--frobnicate'",
-        ),
+        (vec!["--frobnicate", &h], "unexpected argument '--frobnicate'"),
         (vec![], "Missing KERNEL"),
-        (
-            vec!["--block:disk=/nonexistent", &h],
-            "Resource not declared in manifest: 'disk'",
-        ),
+        (vec!["--block:disk=/nonexistent", &h], "Resource not declared in manifest: 'disk'"),
         (vec!["--net", "tap0", &h], "declares no NET_BASIC device"),
     ] {
         let (code, out, err) = run(&args);
@@ -111,10 +96,7 @@ fn long_command_line_is_refused() {
 fn help_and_version_go_to_stdout() {
     let (code, out, err) = run(&["--help"]);
     assert_eq!((code, err.as_str()), (0, ""));
-    assert!(
-        out.contains("Usage: tender") && out.contains("--block:NAME=PATH"),
-        "{out}"
-    );
+    assert!(out.contains("Usage: tender") && out.contains("--block:NAME=PATH"), "{out}");
     let (code, out, _) = run(&["--version"]);
     assert_eq!(code, 0);
     assert!(out.contains("ABI version 2"), "{out}");
@@ -139,19 +121,13 @@ struct Image {
 
 impl Image {
     fn hello() -> Self {
-        Image {
-            bytes: std::fs::read(hello()).unwrap(),
-        }
+        Image { bytes: std::fs::read(hello()).unwrap() }
     }
 
     fn phdrs(&self) -> Vec<(usize, goblin::elf::ProgramHeader)> {
         let elf = Elf::parse(&self.bytes).unwrap();
         let phoff = elf.header.e_phoff as usize;
-        elf.program_headers
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| (phoff + i * 56, p))
-            .collect()
+        elf.program_headers.into_iter().enumerate().map(|(i, p)| (phoff + i * 56, p)).collect()
     }
 
     fn put_u16(&mut self, at: usize, v: u16) {
@@ -170,18 +146,14 @@ impl Image {
             .into_iter()
             .filter(|(_, p)| p.p_type == PT_NOTE)
             .map(|(_, p)| p.p_offset as usize)
-            .find(|&off| {
-                u32::from_le_bytes(self.bytes[off + 8..off + 12].try_into().unwrap()) == ty
-            })
+            .find(|&off| u32::from_le_bytes(self.bytes[off + 8..off + 12].try_into().unwrap()) == ty)
             .expect("note present")
     }
 
     fn first_load(&self, writable: bool) -> (usize, goblin::elf::ProgramHeader) {
         self.phdrs()
             .into_iter()
-            .find(|(_, p)| {
-                p.p_type == PT_LOAD && p.p_filesz > 0 && (p.p_flags & PF_W != 0) == writable
-            })
+            .find(|(_, p)| p.p_type == PT_LOAD && p.p_filesz > 0 && (p.p_flags & PF_W != 0) == writable)
             .expect("PT_LOAD")
     }
 
@@ -214,16 +186,8 @@ fn broken_elfs_are_rejected_with_one_line() {
     type Edit = fn(&mut Image);
     let cases: Vec<(&str, Edit, &str)> = vec![
         ("truncated", |i| i.bytes.truncate(40), "invalid executable"),
-        (
-            "truncated-phdrs",
-            |i| i.bytes.truncate(100),
-            "invalid executable",
-        ),
-        (
-            "wrong-machine",
-            |i| i.put_u16(18, 183),
-            "not an x86-64 executable",
-        ),
+        ("truncated-phdrs", |i| i.bytes.truncate(100), "invalid executable"),
+        ("wrong-machine", |i| i.put_u16(18, 183), "not an x86-64 executable"),
         ("et-dyn", |i| i.put_u16(16, 3), "not an ET_EXEC executable"),
         ("32-bit", |i| i.bytes[4] = 1, "invalid executable"),
         (
@@ -338,16 +302,8 @@ fn broken_elfs_are_rejected_with_one_line() {
             },
             "outside",
         ),
-        (
-            "entry-too-low",
-            |i| i.put_u64(24, 0x1000),
-            "entry point outside guest memory",
-        ),
-        (
-            "entry-too-high",
-            |i| i.put_u64(24, 0x1_0000_0000),
-            "entry point outside guest memory",
-        ),
+        ("entry-too-low", |i| i.put_u64(24, 0x1000), "entry point outside guest memory"),
+        ("entry-too-high", |i| i.put_u64(24, 0x1_0000_0000), "entry point outside guest memory"),
     ];
     for (tag, edit, want) in cases {
         let mut img = Image::hello();

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::os::fd::RawFd;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// `KVM_RUN` and `KVM_GET_REGS` ioctl request numbers (`_IO(0xAE, 0x80)`, `_IOR(0xAE, 0x81, kvm_regs)`).
@@ -47,6 +46,9 @@ pub struct Allowlist {
     pub block_fds: Vec<RawFd>,
     /// Files written at exit (report, core dump): `write`, `pwrite64`.
     pub exit_file_fds: Vec<RawFd>,
+    /// A core dump armed with `--dumpcore`: (unnamed file, directory). The file may be written
+    /// and linked into the directory; `mincore` finds the resident guest pages.
+    pub core_dump: Option<(RawFd, RawFd)>,
     /// The poll set: `epoll_wait`/`epoll_pwait`.
     pub epoll_fd: Option<RawFd>,
     /// The poll timer: `timerfd_settime`.
@@ -99,6 +101,13 @@ impl Allowlist {
         if let Some(fd) = self.timer_fd {
             add(libc::SYS_timerfd_settime, fds(&[fd]));
         }
+        if let Some((file, dir)) = self.core_dump {
+            add(libc::SYS_pwrite64, fds(&[file]));
+            add(
+                libc::SYS_linkat,
+                vec![rule(vec![cond(0, SeccompCmpOp::Eq, file as u64), cond(2, SeccompCmpOp::Eq, dir as u64)])],
+            );
+        }
         // Clocks for WALLTIME when the vDSO is unavailable: only the two clocks the ABI uses.
         add(
             libc::SYS_clock_gettime,
@@ -107,9 +116,14 @@ impl Allowlist {
                 rule(vec![cond(0, SeccompCmpOp::Eq, libc::CLOCK_MONOTONIC as u64)]),
             ],
         );
-        // The end of the run and signal delivery (SIGINT/SIGTERM handlers return through it).
-        for nr in [libc::SYS_exit_group, libc::SYS_exit, libc::SYS_rt_sigreturn] {
+        // The end of the run, signal delivery (SIGINT/SIGTERM/SIGALRM handlers return through
+        // rt_sigreturn), and brk: the only way the allocator may grow the heap, for the error
+        // messages of a failing run (the hot path allocates nothing; mmap stays forbidden).
+        for nr in [libc::SYS_exit_group, libc::SYS_exit, libc::SYS_rt_sigreturn, libc::SYS_brk] {
             r.insert(nr, Vec::new());
+        }
+        if self.core_dump.is_some() {
+            r.insert(libc::SYS_mincore, Vec::new());
         }
         r
     }

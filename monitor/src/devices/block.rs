@@ -30,35 +30,17 @@ pub struct BlockDevice {
 
 impl BlockDevice {
     pub fn open(name: &str, path: &Path, block_size: u16) -> Result<Self, BlockError> {
-        let open_err = |err| BlockError::Open {
-            path: path.display().to_string(),
-            err,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(open_err)?;
+        let open_err = |err| BlockError::Open { path: path.display().to_string(), err };
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(open_err)?;
         let capacity = file.metadata().map_err(open_err)?.len();
         let bs = u64::from(block_size);
         if capacity % bs != 0 {
-            return Err(BlockError::NotAligned {
-                name: name.into(),
-                block_size,
-            });
+            return Err(BlockError::NotAligned { name: name.into(), block_size });
         }
         if capacity < bs {
-            return Err(BlockError::TooSmall {
-                name: name.into(),
-                block_size,
-            });
+            return Err(BlockError::TooSmall { name: name.into(), block_size });
         }
-        Ok(BlockDevice {
-            name: name.into(),
-            file,
-            capacity,
-            block_size,
-        })
+        Ok(BlockDevice { name: name.into(), file, capacity, block_size })
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -71,10 +53,7 @@ impl BlockDevice {
         let bs = u64::from(self.block_size);
         req.len <= isize::MAX as u64
             && req.offset < self.capacity
-            && req
-                .offset
-                .checked_add(req.len)
-                .is_some_and(|end| end <= self.capacity)
+            && req.offset.checked_add(req.len).is_some_and(|end| end <= self.capacity)
             && req.offset.is_multiple_of(bs)
             && req.len.is_multiple_of(bs)
     }
@@ -91,12 +70,7 @@ impl BlockDevice {
             // SAFETY: `ptr..ptr+len` is a checked range of guest RAM (`ram.slice`) that stays
             // mapped for this call; the kernel only reads from it.
             let n = unsafe {
-                libc::pwrite64(
-                    self.raw_fd(),
-                    ptr.add(done).cast(),
-                    buf.len() - done,
-                    (req.offset + done as u64) as i64,
-                )
+                libc::pwrite64(self.raw_fd(), ptr.add(done).cast(), buf.len() - done, (req.offset + done as u64) as i64)
             };
             match n {
                 n if n > 0 => done += n as usize,
@@ -124,12 +98,7 @@ impl BlockDevice {
             // SAFETY: `ptr..ptr+len` is a checked, host-writable range of guest RAM
             // (`ram.slice_mut`) that stays mapped for this call.
             let n = unsafe {
-                libc::pread64(
-                    self.raw_fd(),
-                    ptr.add(done).cast(),
-                    buf.len() - done,
-                    (req.offset + done as u64) as i64,
-                )
+                libc::pread64(self.raw_fd(), ptr.add(done).cast(), buf.len() - done, (req.offset + done as u64) as i64)
             };
             match n {
                 n if n > 0 => done += n as usize,
@@ -146,10 +115,6 @@ impl BlockDevice {
     }
 
     fn io_error(&self, op: &'static str, err: std::io::Error) -> HypercallError {
-        HypercallError::HostIo {
-            device: self.name.clone(),
-            op,
-            err,
-        }
+        HypercallError::HostIo { device: self.name.clone(), op, err }
     }
 }

@@ -51,23 +51,14 @@ impl NetDevice {
             TapSource::Interface(iface) => (attach(iface)?, iface.clone()),
             TapSource::Fd(fd) => adopt(*fd)?,
         };
-        let attach_err = |err| NetError::Attach {
-            iface: iface.clone(),
-            err,
-        };
-        fcntl(&tap, FcntlArg::F_SETFL(OFlag::O_NONBLOCK | OFlag::O_RDWR))
-            .map_err(|e| attach_err(e.into()))?;
+        let attach_err = |err| NetError::Attach { iface: iface.clone(), err };
+        fcntl(&tap, FcntlArg::F_SETFL(OFlag::O_NONBLOCK | OFlag::O_RDWR)).map_err(|e| attach_err(e.into()))?;
         let mtu = interface_mtu(&iface).map_err(attach_err)?;
         let mac = match mac {
             Some(m) => m,
             None => random_mac().map_err(attach_err)?,
         };
-        Ok(NetDevice {
-            name: name.into(),
-            tap,
-            mac,
-            mtu,
-        })
+        Ok(NetDevice { name: name.into(), tap, mac, mtu })
     }
 
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -91,9 +82,7 @@ impl NetDevice {
         Ok(match n {
             n if n as u64 == req.len => SOLO5_R_OK,
             n if n >= 0 => SOLO5_R_EUNSPEC,
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
-                SOLO5_R_AGAIN
-            }
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => SOLO5_R_AGAIN,
             _ => SOLO5_R_EUNSPEC,
         })
     }
@@ -104,19 +93,11 @@ impl NetDevice {
         let buf = ram.slice_mut(req.data, req.len)?;
         // SAFETY: `buf` is a checked, host-writable range of guest RAM that stays mapped for
         // this call.
-        let n = unsafe {
-            libc::read(
-                self.raw_fd(),
-                buf.ptr_guard_mut().as_ptr().cast(),
-                buf.len(),
-            )
-        };
+        let n = unsafe { libc::read(self.raw_fd(), buf.ptr_guard_mut().as_ptr().cast(), buf.len()) };
         Ok(match n {
             n if n > 0 => (SOLO5_R_OK, n as u64),
             0 => (SOLO5_R_AGAIN, 0),
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
-                (SOLO5_R_AGAIN, 0)
-            }
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => (SOLO5_R_AGAIN, 0),
             _ => (SOLO5_R_EUNSPEC, 0),
         })
     }
@@ -126,27 +107,16 @@ impl NetDevice {
 /// silently create a new interface.
 fn attach(iface: &str) -> Result<OwnedFd, NetError> {
     if iface.is_empty() || iface.len() >= IFNAMSIZ {
-        return Err(NetError::NameTooLong {
-            iface: iface.into(),
-        });
+        return Err(NetError::NameTooLong { iface: iface.into() });
     }
     if nix::net::if_::if_nametoindex(iface).is_err() {
-        return Err(NetError::NoSuchInterface {
-            iface: iface.into(),
-        });
+        return Err(NetError::NoSuchInterface { iface: iface.into() });
     }
-    let tap = tun_tap::Iface::without_packet_info(iface, tun_tap::Mode::Tap).map_err(|err| {
-        NetError::Attach {
-            iface: iface.into(),
-            err,
-        }
-    })?;
+    let tap = tun_tap::Iface::without_packet_info(iface, tun_tap::Mode::Tap)
+        .map_err(|err| NetError::Attach { iface: iface.into(), err })?;
     if tap.name() != iface {
         let err = std::io::Error::other(format!("kernel attached {} instead", tap.name()));
-        return Err(NetError::Attach {
-            iface: iface.into(),
-            err,
-        });
+        return Err(NetError::Attach { iface: iface.into(), err });
     }
     // SAFETY: `into_raw_fd` hands over sole ownership of the tap's open fd.
     Ok(unsafe { OwnedFd::from_raw_fd(tap.into_raw_fd()) })
@@ -166,8 +136,7 @@ fn adopt(fd: RawFd) -> Result<(OwnedFd, String), NetError> {
     if rc != 0 || flags & IFF_TAP == 0 || flags & IFF_NO_PI == 0 {
         return Err(not_tap);
     }
-    let name =
-        CStr::from_bytes_until_nul(&ifr[..IFNAMSIZ]).map_err(|_| NetError::NotATap { fd })?;
+    let name = CStr::from_bytes_until_nul(&ifr[..IFNAMSIZ]).map_err(|_| NetError::NotATap { fd })?;
     // SAFETY: the caller gave this fd to tender for the run (`--net:NAME=@FD`); it is open
     // (checked above) and from now on owned, and closed, by the device.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -189,11 +158,7 @@ fn interface_mtu(iface: &str) -> std::io::Result<u16> {
     )?;
     // SAFETY: `ifreq` is plain data; zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr
-        .ifr_name
-        .iter_mut()
-        .zip(iface.bytes().take(IFNAMSIZ - 1))
-    {
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes().take(IFNAMSIZ - 1)) {
         *dst = src as libc::c_char;
     }
     // SAFETY: SIOCGIFMTU reads the name from and writes the MTU into the `ifreq` we own.

@@ -36,22 +36,15 @@ pub enum Wait {
 impl Poller {
     pub fn new() -> Result<Self, PollError> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(PollError::Setup)?;
-        let timer = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
-        )
-        .map_err(PollError::Setup)?;
-        epoll
-            .add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TIMER_TOKEN))
+        let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK)
             .map_err(PollError::Setup)?;
+        epoll.add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TIMER_TOKEN)).map_err(PollError::Setup)?;
         Ok(Poller { epoll, timer })
     }
 
     /// Watches a net device's tap, reported as bit `handle` of the ready set.
     pub fn watch(&self, fd: impl AsFd, handle: u64) -> Result<(), PollError> {
-        self.epoll
-            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, handle))
-            .map_err(PollError::Setup)
+        self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, handle)).map_err(PollError::Setup)
     }
 
     pub fn fds(&self) -> [RawFd; 2] {
@@ -66,10 +59,7 @@ impl Poller {
             EpollTimeout::ZERO
         } else {
             let d = Duration::from_nanos(timeout_ns);
-            self.timer.set(
-                Expiration::OneShot(TimeSpec::from_duration(d)),
-                TimerSetTimeFlags::empty(),
-            )?;
+            self.timer.set(Expiration::OneShot(TimeSpec::from_duration(d)), TimerSetTimeFlags::empty())?;
             EpollTimeout::NONE
         };
         let n = match self.epoll.wait(&mut events, timeout) {

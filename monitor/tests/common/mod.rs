@@ -6,10 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 /// Builds every guest in `examples/` (release, as users build them) once per test process and
@@ -22,15 +19,10 @@ pub fn guest(name: &str) -> PathBuf {
             .current_dir(workspace_root())
             .output()
             .expect("run cargo build for the guests");
-        assert!(
-            out.status.success(),
-            "building the guests failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "building the guests failed:\n{}", String::from_utf8_lossy(&out.stderr));
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"));
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
     let path = target.join("release").join(name);
     assert!(path.is_file(), "guest ELF {} missing", path.display());
     path
@@ -38,11 +30,7 @@ pub fn guest(name: &str) -> PathBuf {
 
 /// Tests boot real VMs: without /dev/kvm they must fail, loudly, not pass.
 pub fn require_kvm() {
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
         panic!("these tests need read-write access to /dev/kvm (run as root on a KVM host): {e}");
     }
 }
@@ -61,15 +49,8 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 
 pub fn decode(out: Output) -> (i32, String, String) {
     use std::os::unix::process::ExitStatusExt;
-    let code = out
-        .status
-        .code()
-        .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
-    (
-        code,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let code = out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+    (code, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// A scratch directory removed at drop.
