@@ -86,3 +86,110 @@ pub fn assert_one_error_line(stderr: &str, want: &str) {
     assert!(lines[0].starts_with("tender: "), "{stderr:?}");
     assert!(lines[0].contains(want), "expected {want:?} in {stderr:?}");
 }
+
+/// A network namespace with tap devices, created for one test and removed at drop. Traffic
+/// stays inside it: the guest and the host side of each tap both live there.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("tnd-{tag}-{}-{n}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs `ip ARGS` inside the namespace; panics on failure.
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["ip", "netns", "exec", &self.name, "ip"];
+        full.extend_from_slice(args);
+        sh(&full);
+    }
+
+    /// Adds a tap `tap` with host address `addr` (CIDR) and the given MTU, and brings it up.
+    pub fn tap(&self, tap: &str, addr: &str, mtu: u32) {
+        self.ip(&["tuntap", "add", tap, "mode", "tap"]);
+        self.ip(&["addr", "add", addr, "dev", tap]);
+        self.ip(&["link", "set", tap, "mtu", &mtu.to_string()]);
+        self.ip(&["link", "set", tap, "up"]);
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]).stdin(Stdio::null());
+        c
+    }
+
+    /// tender inside the namespace.
+    pub fn tender(&self) -> Command {
+        self.command(env!("CARGO_BIN_EXE_tender"))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Network tests need root (namespaces, taps): without it they fail, loudly.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "network tests need root (network namespaces and tap devices)");
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A running guest, killed at drop if still running.
+pub struct Running {
+    pub child: std::process::Child,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tender");
+        Running { child }
+    }
+
+    /// Sends SIGTERM and collects (code, stdout, stderr).
+    pub fn stop(mut self) -> (i32, String, String) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait()
+    }
+
+    pub fn wait(mut self) -> (i32, String, String) {
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("spawn true"));
+        decode(child.wait_with_output().expect("wait for tender"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `ping` to `addr` inside `ns` answers (the guest is up), for at most `secs`.
+pub fn wait_for_ping(ns: &NetNs, addr: &str, secs: u32) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs));
+    while std::time::Instant::now() < deadline {
+        let ok = ns.command("ping").args(["-c", "1", "-W", "1", addr]).output().map(|o| o.status.success());
+        if ok.unwrap_or(false) {
+            return true;
+        }
+    }
+    false
+}
