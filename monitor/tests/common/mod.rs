@@ -163,7 +163,7 @@ impl Running {
     }
 
     /// Sends SIGTERM and collects (code, stdout, stderr).
-    pub fn stop(mut self) -> (i32, String, String) {
+    pub fn stop(self) -> (i32, String, String) {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.wait()
