@@ -1,0 +1,156 @@
+//! Network devices: the real `ping` unikernels on real taps, each test in its own network
+//! namespace (created and removed by the test; no traffic leaves it).
+
+mod common;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+
+use common::*;
+
+fn ping_guest(name: &str) -> String {
+    require_kvm();
+    require_root();
+    guest(name).to_str().unwrap().to_string()
+}
+
+/// Runs `ping ARGS` in the namespace; returns its output.
+fn ping(ns: &NetNs, args: &[&str]) -> String {
+    let out = ns.command("ping").args(args).output().expect("run ping");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+fn no_loss(out: &str, count: u32) -> bool {
+    out.contains(&format!("{count} packets transmitted, {count} received")) && out.contains(" 0% packet loss")
+}
+
+#[test]
+fn guest_answers_ping_and_stops_after_count() {
+    let g = ping_guest("ping");
+    let ns = NetNs::new("ping");
+    ns.tap("tap0", "10.0.0.1/24", 1500);
+    let mut cmd = ns.tender();
+    cmd.args(["--net:service=tap0", &g, "--ipv4=10.0.0.2/24", "--count=5"]);
+    let guest = Running::spawn(cmd);
+    assert!(wait_for_ping(&ns, "10.0.0.2", 30), "guest never answered");
+    let out = ping(&ns, &["-c", "4", "-i", "0.2", "10.0.0.2"]);
+    assert!(no_loss(&out, 4), "{out}");
+    let (code, out, err) = guest.wait();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ping: answered 5 echo requests"), "{out}");
+}
+
+#[test]
+fn flood_ping_of_10000_packets_loses_nothing() {
+    let g = ping_guest("ping");
+    let ns = NetNs::new("flood");
+    ns.tap("tap0", "10.0.0.1/24", 1500);
+    let mut cmd = ns.tender();
+    cmd.args(["--net", "tap0", &g, "--ipv4=10.0.0.2/24"]);
+    let guest = Running::spawn(cmd);
+    assert!(wait_for_ping(&ns, "10.0.0.2", 30), "guest never answered");
+    let out = ping(&ns, &["-f", "-c", "10000", "-W", "2", "10.0.0.2"]);
+    assert!(no_loss(&out, 10000), "{out}");
+    let (code, _, err) = guest.stop();
+    assert_eq!(code, 1, "SIGTERM ends the run with status 1: {err}");
+    assert!(err.contains("exiting on signal 15"), "{err}");
+}
+
+#[test]
+fn two_nics_at_once() {
+    let g = ping_guest("ping2");
+    let ns = NetNs::new("two");
+    ns.tap("tap0", "10.0.0.1/24", 1500);
+    ns.tap("tap1", "10.0.1.1/24", 1500);
+    let mut cmd = ns.tender();
+    cmd.args(["--net:service0=tap0", "--net:service1=tap1", &g, "--ipv4=10.0.0.2/24", "--ipv4=10.0.1.2/24"]);
+    let guest = Running::spawn(cmd);
+    assert!(wait_for_ping(&ns, "10.0.0.2", 30), "first NIC never answered");
+    assert!(wait_for_ping(&ns, "10.0.1.2", 30), "second NIC never answered");
+    let out = ping(&ns, &["-c", "20", "-i", "0.01", "10.0.1.2"]);
+    assert!(no_loss(&out, 20), "{out}");
+    drop(guest);
+}
+
+#[test]
+fn jumbo_mtu_9000() {
+    let g = ping_guest("ping");
+    let ns = NetNs::new("jumbo");
+    ns.tap("tap0", "10.0.0.1/24", 9000);
+    let mut cmd = ns.tender();
+    cmd.args(["--net:service=tap0", &g, "--ipv4=10.0.0.2/24"]);
+    let guest = Running::spawn(cmd);
+    assert!(wait_for_ping(&ns, "10.0.0.2", 30), "guest never answered");
+    // 8000 bytes of ICMP payload: one 8028-byte IP packet, no fragmentation at MTU 9000.
+    let out = ping(&ns, &["-c", "3", "-s", "8000", "-M", "do", "10.0.0.2"]);
+    assert!(no_loss(&out, 3), "{out}");
+    let (_, out, _) = guest.stop();
+    assert!(out.contains("mtu 9000"), "the guest sees the tap's MTU: {out}");
+}
+
+/// The `@FD` form: an orchestrator opens the tap and passes the fd; tender needs no privilege
+/// to attach it.
+#[test]
+fn tap_passed_as_an_open_fd() {
+    let g = ping_guest("ping");
+    let ns = NetNs::new("fd");
+    ns.tap("tap0", "10.0.0.1/24", 1500);
+    let tap = open_tap_in(&ns, "tap0");
+    let fd = tap.as_raw_fd();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tender"));
+    cmd.args([format!("--net:service=@{fd}"), g, "--ipv4=10.0.0.2/24".into(), "--count=3".into()]);
+    // SAFETY: between fork and exec the child only clears FD_CLOEXEC on an fd it inherited.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let guest = Running::spawn(cmd);
+    drop(tap);
+    assert!(wait_for_ping(&ns, "10.0.0.2", 30), "guest never answered");
+    let out = ping(&ns, &["-c", "2", "10.0.0.2"]);
+    assert!(no_loss(&out, 2), "{out}");
+    let (code, out, err) = guest.wait();
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Opens `/dev/net/tun` attached to `iface` inside the namespace, from a thread that joins it.
+fn open_tap_in(ns: &NetNs, iface: &str) -> OwnedFd {
+    let path = format!("/run/netns/{}", ns.name);
+    let iface = iface.to_string();
+    std::thread::spawn(move || {
+        let nsfd = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: setns moves only this short-lived thread into the namespace.
+        assert_eq!(unsafe { libc::setns(nsfd.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        let tap = tun_tap::Iface::without_packet_info(&iface, tun_tap::Mode::Tap).expect("attach tap");
+        // SAFETY: into_raw_fd hands over the tap's fd.
+        unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(tap)) }
+    })
+    .join()
+    .expect("tap thread")
+}
+
+#[test]
+fn bad_net_options_are_rejected() {
+    let g = ping_guest("ping");
+    let ns = NetNs::new("bad");
+    ns.tap("tap0", "10.0.0.1/24", 1500);
+    for (args, want) in [
+        (vec!["--net:service=nosuchtap", &g], "Could not attach interface: nosuchtap"),
+        (vec!["--net:service=averyveryverylongname", &g], "Could not attach interface"),
+        (vec!["--net:other=tap0", &g], "Resource not declared in manifest: 'other'"),
+        (vec![&g], "Device 'service' of type NET_BASIC declared but not attached"),
+        (vec!["--net:service=@99", &g], "not an open tap device"),
+        (vec!["--net:service=@0", &g], "not an open tap device"),
+        (vec!["--net:service=tap0", "--net-mac:service=zz:00:00:00:00:00", &g], "malformed MAC"),
+    ] {
+        let out = ns.tender().args(&args).output().expect("run tender");
+        let (code, stdout, stderr) = decode(out);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{args:?}: {stderr}");
+        assert_one_error_line(&stderr, want);
+    }
+}
