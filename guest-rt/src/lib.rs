@@ -24,6 +24,7 @@ mod boot;
 mod bootinfo;
 pub mod console;
 mod cpu;
+pub mod device;
 mod heap;
 pub mod hypercall;
 pub mod time;
@@ -36,6 +37,7 @@ mod panic;
 
 pub use bootinfo::{cmdline, mem_size};
 pub use console::puts;
+pub use device::{BlockDevice, NetDevice};
 pub use guest_abi as abi;
 pub use heap::STACK_RESERVE;
 pub use time::{monotonic_ns, wall_clock_ns, yield_until};
