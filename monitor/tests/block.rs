@@ -71,7 +71,7 @@ fn bad_images_and_options_are_rejected() {
         (vec![attach(&empty), b.clone()], "storage: Backing storage must be at least 1 block (512 bytes) in size"),
         (
             vec![attach(&small), "--block-sector-size:storage=4096".into(), b.clone()],
-            "storage: Backing storage must be at least 1 block (4096 bytes) in size",
+            "storage: Backing storage size must be block aligned (4096 bytes)",
         ),
         (
             vec!["--block:storage=/nonexistent/disk.img".into(), b.clone()],

@@ -1,0 +1,142 @@
+//! Exercises the block device `storage`:
+//!
+//! - no arguments: writes a pattern over the whole disk, in batched requests, reads it back in
+//!   single-block requests and verifies it, then checks that the tender refuses bad requests;
+//! - `write SEED`: writes the pattern for SEED over the whole disk;
+//! - `verify SEED`: checks that the disk holds the pattern for SEED (exit 1 if not).
+//!
+//! The pattern: the 8-byte word at byte offset `o` is `(o ^ seed) * 0x9E3779B97F4A7C15`, LE.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use alloc::vec;
+use guest_rt::abi::SOLO5_R_EINVAL;
+use guest_rt::device::Error;
+use guest_rt::{BlockDevice, hypercall, println};
+
+guest_rt::unikernel!(main, block: ["storage"]);
+
+/// Bytes per batched request.
+const BATCH: u64 = 64 << 10;
+
+fn word(offset: u64, seed: u64) -> [u8; 8] {
+    ((offset ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15)).to_le_bytes()
+}
+
+fn fill(buf: &mut [u8], offset: u64, seed: u64) {
+    for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&word(offset + i as u64 * 8, seed));
+    }
+}
+
+/// Offset of the first wrong byte, if any.
+fn check(buf: &[u8], offset: u64, seed: u64) -> Option<u64> {
+    buf.chunks_exact(8)
+        .enumerate()
+        .find(|(i, c)| *c != word(offset + *i as u64 * 8, seed))
+        .map(|(i, _)| offset + i as u64 * 8)
+}
+
+fn write_all(disk: &BlockDevice, seed: u64) -> Result<(), Error> {
+    let batch = BATCH.max(disk.block_size()) / disk.block_size() * disk.block_size();
+    let mut buf = vec![0u8; batch as usize];
+    let mut offset = 0;
+    while offset < disk.capacity() {
+        let len = batch.min(disk.capacity() - offset) as usize;
+        fill(&mut buf[..len], offset, seed);
+        disk.write(offset, &buf[..len])?;
+        offset += len as u64;
+    }
+    Ok(())
+}
+
+/// Reads the disk back one block per request; returns the first mismatch.
+fn verify_all(disk: &BlockDevice, seed: u64) -> Result<Option<u64>, Error> {
+    let mut buf = vec![0u8; disk.block_size() as usize];
+    for block in 0..disk.blocks() {
+        let offset = block * disk.block_size();
+        disk.read(offset, &mut buf)?;
+        if let Some(bad) = check(&buf, offset, seed) {
+            return Ok(Some(bad));
+        }
+    }
+    Ok(None)
+}
+
+/// Requests the tender must refuse with EINVAL, sent raw so that guest-rt's own checks do not
+/// catch them first.
+fn error_cases(disk: &BlockDevice) -> bool {
+    let h = disk.handle();
+    let bs = disk.block_size();
+    let cap = disk.capacity();
+    let mut block = vec![0u8; bs as usize];
+    let mut two = vec![0u8; 2 * bs as usize];
+    let cases: [(&str, i32); 7] = [
+        ("read at capacity", hypercall::block_read(h, cap, &mut block)),
+        ("read past the end", hypercall::block_read(h, cap - bs, &mut two)),
+        ("misaligned offset", hypercall::block_read(h, 1, &mut block)),
+        ("partial block", hypercall::block_read(h, 0, &mut block[..bs as usize - 1])),
+        ("offset overflow", hypercall::block_read(h, u64::MAX - bs + 1, &mut block)),
+        ("write past the end", hypercall::block_write(h, cap, &block)),
+        ("wrong handle", hypercall::block_read(h + 1, 0, &mut block)),
+    ];
+    let mut ok = true;
+    for (what, ret) in cases {
+        if ret != SOLO5_R_EINVAL {
+            println!("blk: {what}: expected EINVAL, got {ret}");
+            ok = false;
+        }
+    }
+    ok && disk.read(cap, &mut block) == Err(Error::Invalid)
+}
+
+fn run(disk: &BlockDevice, mode: &str, seed: u64) -> Result<i32, Error> {
+    match mode {
+        "write" => {
+            write_all(disk, seed)?;
+            println!("blk: wrote pattern {seed}");
+        }
+        "verify" => {
+            if let Some(bad) = verify_all(disk, seed)? {
+                println!("blk: mismatch at offset {bad}");
+                return Ok(1);
+            }
+            println!("blk: pattern {seed} verified");
+        }
+        _ => {
+            write_all(disk, seed)?;
+            if let Some(bad) = verify_all(disk, seed)? {
+                println!("blk: mismatch at offset {bad}");
+                return Ok(1);
+            }
+            println!("blk: {} blocks of {} bytes verified", disk.blocks(), disk.block_size());
+            if !error_cases(disk) {
+                return Ok(1);
+            }
+            println!("blk: error cases ok");
+        }
+    }
+    Ok(0)
+}
+
+fn main() -> i32 {
+    let mut args = guest_rt::cmdline().split_whitespace();
+    let mode = args.next().unwrap_or("");
+    let seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let disk = match BlockDevice::open("storage") {
+        Ok(d) => d,
+        Err(e) => {
+            println!("blk: cannot open storage: {e:?}");
+            return 2;
+        }
+    };
+    match run(&disk, mode, seed) {
+        Ok(status) => status,
+        Err(e) => {
+            println!("blk: I/O error: {e:?}");
+            3
+        }
+    }
+}
