@@ -1,6 +1,6 @@
 //! Hello world, plus modes chosen by the first word of the command line:
 //! `fail [N]` exits with N (default 1), `panic` panics, `fault` reads an unmapped address,
-//! `alloc` exercises the heap, `time` the clocks.
+//! `alloc` exercises the heap, `time [MS]` the clocks (yielding MS ms, default 10).
 #![no_std]
 #![no_main]
 
@@ -22,7 +22,7 @@ fn main() -> i32 {
         Some("panic") => panic!("hello: panicking as asked"),
         Some("fault") => fault(),
         Some("alloc") => alloc_check(),
-        Some("time") => time_check(),
+        Some("time") => time_check(words.next().and_then(|ms| ms.parse().ok()).unwrap_or(10)),
         _ => 0,
     }
 }
@@ -52,12 +52,12 @@ fn alloc_check() -> i32 {
     }
 }
 
-fn time_check() -> i32 {
+fn time_check(ms: u64) -> i32 {
     let start = guest_rt::monotonic_ns();
     let wall = guest_rt::wall_clock_ns();
     println!("monotonic: {start} ns");
     println!("wall clock: {}.{:09} s since the epoch", wall / 1_000_000_000, wall % 1_000_000_000);
-    guest_rt::yield_until(start + 10_000_000);
+    guest_rt::yield_until(start + ms * 1_000_000);
     println!("yielded: {} ms", (guest_rt::monotonic_ns() - start) / 1_000_000);
     0
 }
