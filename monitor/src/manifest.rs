@@ -142,6 +142,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn guest_copy_never_shows_host_state() {
+        let mut disk = MftEntry::new("disk", MFT_DEV_BLOCK_BASIC);
+        disk.host_private = 5; // as if a host fd had been stored there
+        disk.attached = 1;
+        let bytes = Manifest { entries: vec![MftEntry::RESERVED, disk] }.to_guest_bytes();
+        assert_eq!(&bytes[8 + 104 + 88..8 + 104 + 96], &[0; 8]);
+        assert_eq!(bytes[8 + 104 + 96], 1);
+    }
+
+    #[test]
     fn invalid_manifests_are_rejected() {
         let good = payload(&[MftEntry::RESERVED]);
         assert!(Manifest::parse(&good[..7]).is_err());
