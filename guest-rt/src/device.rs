@@ -93,6 +93,104 @@ impl BlockDevice {
         }
         result(hypercall::block_write(self.handle, offset, buf))
     }
+
+    /// Reads any byte range: the whole blocks inside it straight into `buf` in one exit, the
+    /// partial blocks at its ends through a bounce block.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        let (head, middle, tail) = self.split(offset, buf.len())?;
+        let bs = self.block_size as usize;
+        let mut bounce = alloc::vec![0u8; if head.is_some() || tail.is_some() { bs } else { 0 }];
+        if let Some((block, skip, len)) = head {
+            self.read(block, &mut bounce)?;
+            buf[..len].copy_from_slice(&bounce[skip..skip + len]);
+        }
+        if let Some((block, at, len)) = middle {
+            self.read(block, &mut buf[at..at + len])?;
+        }
+        if let Some((block, at, len)) = tail {
+            self.read(block, &mut bounce)?;
+            buf[at..at + len].copy_from_slice(&bounce[..len]);
+        }
+        Ok(())
+    }
+
+    /// Writes any byte range: the whole blocks inside it in one exit, the partial blocks at its
+    /// ends by read-modify-write.
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), Error> {
+        let (head, middle, tail) = self.split(offset, buf.len())?;
+        let bs = self.block_size as usize;
+        let mut bounce = alloc::vec![0u8; if head.is_some() || tail.is_some() { bs } else { 0 }];
+        if let Some((block, skip, len)) = head {
+            self.read(block, &mut bounce)?;
+            bounce[skip..skip + len].copy_from_slice(&buf[..len]);
+            self.write(block, &bounce)?;
+        }
+        if let Some((block, at, len)) = middle {
+            self.write(block, &buf[at..at + len])?;
+        }
+        if let Some((block, at, len)) = tail {
+            self.read(block, &mut bounce)?;
+            bounce[..len].copy_from_slice(&buf[at..at + len]);
+            self.write(block, &bounce)?;
+        }
+        Ok(())
+    }
+
+    /// Splits `[offset, offset + len)` into a partial first block (block offset, offset inside
+    /// it, length), whole blocks (offset, position in the buffer, length) and a partial last
+    /// block (block offset, position in the buffer, length).
+    #[allow(clippy::type_complexity)]
+    fn split(&self, offset: u64, len: usize) -> Result<(Option<Part>, Option<Part>, Option<Part>), Error> {
+        let end = offset.checked_add(len as u64).filter(|&e| e <= self.capacity).ok_or(Error::Invalid)?;
+        Ok(split_range(offset, end, self.block_size))
+    }
+}
+
+/// (device byte offset, buffer position or offset inside the block, length).
+type Part = (u64, usize, usize);
+
+/// See [`BlockDevice::split`]; `end` is exclusive and `bs` a power of two.
+fn split_range(offset: u64, end: u64, bs: u64) -> (Option<Part>, Option<Part>, Option<Part>) {
+    if offset == end {
+        return (None, None, None);
+    }
+    let first_block = offset - offset % bs;
+    let mut pos = offset;
+    let mut head = None;
+    if !offset.is_multiple_of(bs) || end - first_block < bs {
+        let len = ((first_block + bs).min(end) - offset) as usize;
+        head = Some((first_block, (offset - first_block) as usize, len));
+        pos += len as u64;
+    }
+    let whole_end = end - end % bs;
+    let mut middle = None;
+    if pos < whole_end {
+        middle = Some((pos, (pos - offset) as usize, (whole_end - pos) as usize));
+        pos = whole_end;
+    }
+    let tail = (pos < end).then(|| (pos, (pos - offset) as usize, (end - pos) as usize));
+    (head, middle, tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_range;
+
+    #[test]
+    fn ranges_split_into_partial_and_whole_blocks() {
+        assert_eq!(split_range(0, 1024, 512), (None, Some((0, 0, 1024)), None));
+        assert_eq!(split_range(10, 20, 512), (Some((0, 10, 10)), None, None));
+        assert_eq!(split_range(500, 1100, 512), (Some((0, 500, 12)), Some((512, 12, 512)), Some((1024, 524, 76))));
+        assert_eq!(split_range(512, 600, 512), (Some((512, 0, 88)), None, None));
+        assert_eq!(split_range(100, 512, 512), (Some((0, 100, 412)), None, None));
+        assert_eq!(split_range(7, 7, 512), (None, None, None));
+        // Every byte is covered exactly once, in order.
+        for (o, e) in [(0u64, 5000u64), (1, 4097), (511, 513), (4095, 4096), (3, 9000)] {
+            let (h, m, t) = split_range(o, e, 512);
+            let total: usize = [h, m, t].iter().flatten().map(|p| p.2).sum();
+            assert_eq!(total as u64, e - o);
+        }
+    }
 }
 
 /// A network interface: Ethernet frames in and out.

@@ -20,6 +20,8 @@
 // Host unit tests leave out the guest-only boot path, which is what uses the rest.
 #![cfg_attr(test, allow(dead_code))]
 
+extern crate alloc;
+
 mod boot;
 mod bootinfo;
 pub mod console;

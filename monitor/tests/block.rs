@@ -28,6 +28,7 @@ fn guest_verifies_whole_disk_for_several_sizes_and_sector_sizes() {
             out.contains(&format!("blk: {} blocks of {sector} bytes verified", size / usize::from(sector))),
             "{out}"
         );
+        assert!(out.contains("blk: byte ranges ok"), "{out}");
         assert!(out.contains("blk: error cases ok"), "{out}");
     }
 }

@@ -65,6 +65,33 @@ fn verify_all(disk: &BlockDevice, seed: u64) -> Result<Option<u64>, Error> {
     Ok(None)
 }
 
+/// Unaligned byte ranges through `read_at`/`write_at`: what is written reads back, and the
+/// bytes around it keep the pattern.
+fn byte_ranges(disk: &BlockDevice, seed: u64) -> Result<bool, Error> {
+    let cap = disk.capacity();
+    for (offset, len) in [(3u64, 10usize), (500, 1100), (cap / 2 + 7, 3000), (cap - 5, 5), (0, cap.min(9000) as usize)]
+    {
+        if offset + len as u64 > cap {
+            continue;
+        }
+        let data: alloc::vec::Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+        disk.write_at(offset, &data)?;
+        let mut back = vec![0u8; len];
+        disk.read_at(offset, &mut back)?;
+        if back != data {
+            println!("blk: byte range {offset}+{len} did not read back");
+            return Ok(false);
+        }
+        // Restore the pattern over the range, through the same path.
+        let start = offset - offset % 8;
+        let end = (offset + len as u64).div_ceil(8) * 8;
+        let mut pattern = vec![0u8; (end.min(cap) - start) as usize];
+        fill(&mut pattern, start, seed);
+        disk.write_at(start, &pattern)?;
+    }
+    Ok(verify_all(disk, seed)?.is_none())
+}
+
 /// Requests the tender must refuse with EINVAL, sent raw so that guest-rt's own checks do not
 /// catch them first.
 fn error_cases(disk: &BlockDevice) -> bool {
@@ -112,6 +139,10 @@ fn run(disk: &BlockDevice, mode: &str, seed: u64) -> Result<i32, Error> {
                 return Ok(1);
             }
             println!("blk: {} blocks of {} bytes verified", disk.blocks(), disk.block_size());
+            if !byte_ranges(disk, seed)? {
+                return Ok(1);
+            }
+            println!("blk: byte ranges ok");
             if !error_cases(disk) {
                 return Ok(1);
             }
