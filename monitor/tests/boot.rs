@@ -313,3 +313,18 @@ fn broken_elfs_are_rejected_with_one_line() {
         assert_one_error_line(&err, want);
     }
 }
+
+/// Without /dev/kvm (hidden here by a private, empty /dev), tender says so in one line.
+#[test]
+fn missing_dev_kvm_is_one_clear_line() {
+    require_kvm();
+    let h = hello();
+    let script = format!("mount -t tmpfs none /dev && exec {} {h}", env!("CARGO_BIN_EXE_tender"));
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) is needed for this test");
+    let (code, stdout, stderr) = decode(out);
+    assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+    assert_one_error_line(&stderr, "cannot open /dev/kvm: No such file or directory");
+}
