@@ -20,4 +20,4 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-exec cargo test --release --workspace "$@"
+exec cargo test --release --workspace --no-fail-fast "$@"
