@@ -91,3 +91,23 @@ fn bad_images_and_options_are_rejected() {
         assert_one_error_line(&err, want);
     }
 }
+
+/// A host I/O failure during the run (here: the image shrinks under the guest, so a read finds
+/// the end of the file) ends the run with one clear line, never silently.
+#[test]
+fn host_io_failure_ends_the_run() {
+    let b = blk();
+    let dir = TempDir::new("blk-shrink");
+    let size = 16 << 20;
+    let img = dir.file("disk.img", &pattern(size, 5));
+    let attach = format!("--block:storage={}", img.display());
+    let mut cmd = tender();
+    cmd.args([&attach, &b, "verify", "5"]);
+    let guest = Running::spawn(cmd);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(4096).unwrap();
+    let (code, out, err) = guest.wait();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("verified"), "{out}");
+    assert_one_error_line(&err, "Fatal error on storage: read failed");
+}

@@ -64,26 +64,12 @@ impl BlockDevice {
             return Ok(SOLO5_R_EINVAL);
         }
         let buf = ram.slice(req.data, req.len)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let ptr = buf.ptr_guard().as_ptr();
-            // SAFETY: `ptr..ptr+len` is a checked range of guest RAM (`ram.slice`) that stays
-            // mapped for this call; the kernel only reads from it.
-            let n = unsafe {
-                libc::pwrite64(self.raw_fd(), ptr.add(done).cast(), buf.len() - done, (req.offset + done as u64) as i64)
-            };
-            match n {
-                n if n > 0 => done += n as usize,
-                0 => return Err(self.io_error("write", std::io::ErrorKind::WriteZero.into())),
-                _ => {
-                    let err = std::io::Error::last_os_error();
-                    if err.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(self.io_error("write", err));
-                    }
-                }
-            }
-        }
-        Ok(SOLO5_R_OK)
+        let base = buf.ptr_guard().as_ptr();
+        self.transfer("write", buf.len(), req.offset, |done, offset| {
+            // SAFETY: `base..base+len` is a checked range of guest RAM (`ram.slice`) that stays
+            // mapped for this call, and `done < len`; the kernel only reads from it.
+            unsafe { libc::pwrite64(self.raw_fd(), base.add(done).cast(), buf.len() - done, offset) }
+        })
     }
 
     /// BLOCK_READ: the file to guest memory. Returns the ABI result code.
@@ -92,21 +78,32 @@ impl BlockDevice {
             return Ok(SOLO5_R_EINVAL);
         }
         let buf = ram.slice_mut(req.data, req.len)?;
+        let base = buf.ptr_guard_mut().as_ptr();
+        self.transfer("read", buf.len(), req.offset, |done, offset| {
+            // SAFETY: `base..base+len` is a checked, host-writable range of guest RAM
+            // (`ram.slice_mut`) that stays mapped for this call, and `done < len`.
+            unsafe { libc::pread64(self.raw_fd(), base.add(done).cast(), buf.len() - done, offset) }
+        })
+    }
+
+    /// Repeats `io(done, file offset)` until `len` bytes moved. A host error, or the file ending
+    /// early, ends the run: the guest must never believe a write landed that did not.
+    fn transfer(
+        &self,
+        op: &'static str,
+        len: usize,
+        offset: u64,
+        mut io: impl FnMut(usize, i64) -> isize,
+    ) -> Result<i32, HypercallError> {
         let mut done = 0usize;
-        while done < buf.len() {
-            let ptr = buf.ptr_guard_mut().as_ptr();
-            // SAFETY: `ptr..ptr+len` is a checked, host-writable range of guest RAM
-            // (`ram.slice_mut`) that stays mapped for this call.
-            let n = unsafe {
-                libc::pread64(self.raw_fd(), ptr.add(done).cast(), buf.len() - done, (req.offset + done as u64) as i64)
-            };
-            match n {
+        while done < len {
+            match io(done, (offset + done as u64) as i64) {
                 n if n > 0 => done += n as usize,
-                0 => return Err(self.io_error("read", std::io::ErrorKind::UnexpectedEof.into())),
+                0 => return Err(self.io_error(op, std::io::ErrorKind::UnexpectedEof.into())),
                 _ => {
                     let err = std::io::Error::last_os_error();
                     if err.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(self.io_error("read", err));
+                        return Err(self.io_error(op, err));
                     }
                 }
             }
