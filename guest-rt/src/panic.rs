@@ -24,3 +24,9 @@ fn panic(info: &PanicInfo<'_>) -> ! {
 extern "C" fn rust_eh_personality() {
     crate::abort()
 }
+
+/// Likewise for the landing pads' resume call (reached from `alloc::fmt::format`, for one).
+#[unsafe(no_mangle)]
+extern "C" fn _Unwind_Resume() -> ! {
+    crate::abort()
+}
