@@ -29,6 +29,7 @@ mod cpu;
 pub mod device;
 mod heap;
 pub mod hypercall;
+pub mod net;
 pub mod time;
 mod trap;
 

@@ -16,6 +16,8 @@ const IFNAMSIZ: usize = 16;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const TUNGETIFF: libc::c_ulong = 0x800454d2;
+/// `_IO('T', 227)`: an fd for the network namespace the tap lives in (Linux 5.2).
+const TUNGETDEVNETNS: libc::c_ulong = 0x54e3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -53,7 +55,7 @@ impl NetDevice {
         };
         let attach_err = |err| NetError::Attach { iface: iface.clone(), err };
         fcntl(&tap, FcntlArg::F_SETFL(OFlag::O_NONBLOCK | OFlag::O_RDWR)).map_err(|e| attach_err(e.into()))?;
-        let mtu = interface_mtu(&iface).map_err(attach_err)?;
+        let mtu = tap_mtu(&tap, &iface).map_err(attach_err)?;
         let mac = match mac {
             Some(m) => m,
             None => random_mac().map_err(attach_err)?,
@@ -148,7 +150,31 @@ fn unsafe_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
-/// The interface MTU (without the Ethernet header), from SIOCGIFMTU.
+/// The tap's MTU, asked in the tap's own network namespace: an fd passed with `@FD` may belong
+/// to a tap in another namespace than tender's (an orchestrator opened it there), where the name
+/// means nothing or, worse, another interface.
+fn tap_mtu(tap: &OwnedFd, iface: &str) -> std::io::Result<u16> {
+    // SAFETY: TUNGETDEVNETNS takes no argument and returns a new fd for the tap's namespace.
+    let ns = unsafe { libc::ioctl(tap.as_raw_fd(), TUNGETDEVNETNS) };
+    if ns < 0 {
+        return interface_mtu(iface); // older kernels: the name in our own namespace
+    }
+    // SAFETY: `ns` was just returned to us and is owned by nobody else.
+    let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+    let iface = iface.to_string();
+    // setns applies to the calling thread only: a short-lived thread asks from inside.
+    std::thread::spawn(move || {
+        // SAFETY: moves only this thread, which ends right after, into the tap's namespace. It
+        // needs CAP_SYS_ADMIN; without it the thread stays in tender's namespace, which is then
+        // the best guess (an unprivileged caller normally shares its namespace with the tap).
+        let _ = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        interface_mtu(&iface)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("MTU lookup thread failed"))?
+}
+
+/// The interface MTU (without the Ethernet header), from SIOCGIFMTU in this thread's namespace.
 fn interface_mtu(iface: &str) -> std::io::Result<u16> {
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,

@@ -1,0 +1,168 @@
+//! A key-value store over TCP, with its data in a checksummed log on the block device `storage`
+//! (see `store.rs`). One command per line; one reply line each:
+//!
+//! - `SET key value` → `OK` (once the record is on the device)
+//! - `GET key` → `VALUE value` or `NOT_FOUND`
+//! - `DEL key` → `OK` or `NOT_FOUND`
+//! - `COUNT` → `COUNT n`
+//! - anything else → `ERR message`
+//!
+//! Keys are one word; a value is the rest of the line. Options: `--ipv4=…` (see guest-net),
+//! `--port=N` (default 7000).
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod store;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use guest_rt::net::Stack;
+use guest_rt::net::smoltcp::iface::SocketHandle;
+use guest_rt::net::smoltcp::socket::tcp::State;
+use guest_rt::{BlockDevice, NetDevice, println};
+use store::{Store, StoreError};
+
+guest_rt::unikernel!(main, block: ["storage"], net: ["service"]);
+
+const CONNECTIONS: usize = 16;
+const MAX_LINE: usize = store::MAX_VALUE + store::MAX_KEY + 16;
+
+struct Conn {
+    socket: SocketHandle,
+    line: Vec<u8>,
+}
+
+fn main() -> i32 {
+    let (ips, rest) = match guest_rt::net::parse_args(guest_rt::cmdline(), 1) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("kv: {e}");
+            return 2;
+        }
+    };
+    let port: u16 = rest.iter().find_map(|w| w.strip_prefix("--port=")).and_then(|p| p.parse().ok()).unwrap_or(7000);
+    let (Ok(disk), Ok(nic)) = (BlockDevice::open("storage"), NetDevice::open("service")) else {
+        println!("kv: storage and service must be attached");
+        return 2;
+    };
+    let mut store = match Store::open(disk) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("kv: cannot read the log: {e:?}");
+            return 3;
+        }
+    };
+    if let Some(at) = store.torn_at {
+        println!("kv: discarded a torn record at byte {at}");
+    }
+    println!("kv: recovered {} records, {} keys", store.recovered, store.len());
+    let mut net = Stack::new(nic, &ips[0]);
+    let mut conns: Vec<Conn> =
+        (0..CONNECTIONS).map(|_| Conn { socket: net.tcp_listen(port), line: Vec::new() }).collect();
+    println!("kv: listening on port {port}");
+    let mut reply = String::with_capacity(MAX_LINE);
+    loop {
+        net.poll();
+        let mut worked = false;
+        for c in conns.iter_mut() {
+            worked |= serve(&mut net, c, port, &mut store, &mut reply);
+        }
+        if worked || net.busy() {
+            continue;
+        }
+        net.wait();
+    }
+}
+
+fn serve(net: &mut Stack, c: &mut Conn, port: u16, store: &mut Store, reply: &mut String) -> bool {
+    let s = net.tcp(c.socket);
+    match s.state() {
+        State::Closed => {
+            c.line.clear();
+            let _ = s.listen(port);
+            return false;
+        }
+        State::CloseWait if !s.can_recv() => {
+            s.close();
+            return true;
+        }
+        _ => {}
+    }
+    let mut worked = false;
+    // Leave room in the send buffer for the longest reply before taking another command.
+    while s.can_recv() && s.send_capacity() - s.send_queue() > MAX_LINE {
+        let line = &mut c.line;
+        let Ok(Some(_)) = s.recv(|data| match data.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                line.extend_from_slice(&data[..i]);
+                (i + 1, Some(i))
+            }
+            None => {
+                line.extend_from_slice(data);
+                (data.len(), None)
+            }
+        }) else {
+            if c.line.len() > MAX_LINE {
+                let _ = s.send_slice(b"ERR line too long\n");
+                s.close();
+                return true;
+            }
+            break;
+        };
+        worked = true;
+        execute(store, &c.line, reply);
+        c.line.clear();
+        let _ = s.send_slice(reply.as_bytes());
+    }
+    worked
+}
+
+fn execute(store: &mut Store, line: &[u8], reply: &mut String) {
+    reply.clear();
+    let line = core::str::from_utf8(line).unwrap_or("").trim_end_matches('\r');
+    let (cmd, args) = line.split_once(' ').unwrap_or((line, ""));
+    let result = match cmd.to_ascii_uppercase().as_str() {
+        "SET" => match args.split_once(' ') {
+            Some((key, value)) if !key.is_empty() => store.set(key, value).map(|()| reply.push_str("OK\n")),
+            _ => {
+                reply.push_str("ERR usage: SET key value\n");
+                Ok(())
+            }
+        },
+        "GET" if !args.is_empty() && !args.contains(' ') => {
+            match store.get(args) {
+                Some(v) => {
+                    let _ = writeln!(reply, "VALUE {v}");
+                }
+                None => reply.push_str("NOT_FOUND\n"),
+            }
+            Ok(())
+        }
+        "DEL" if !args.is_empty() && !args.contains(' ') => {
+            store.delete(args).map(|found| reply.push_str(if found { "OK\n" } else { "NOT_FOUND\n" }))
+        }
+        "COUNT" => {
+            let _ = writeln!(reply, "COUNT {}", store.len());
+            Ok(())
+        }
+        _ => {
+            reply.push_str("ERR unknown command\n");
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => {}
+        Err(StoreError::Full) => reply.push_str("ERR storage full\n"),
+        Err(StoreError::TooLarge) => reply.push_str("ERR key or value too large\n"),
+        Err(StoreError::Device(e)) => {
+            // The device failed under us: never acknowledge, and stop rather than serve a store
+            // whose log may not hold what the index says.
+            println!("kv: storage error {e:?}");
+            guest_rt::exit(3);
+        }
+    }
+}
