@@ -193,3 +193,17 @@ pub fn wait_for_ping(ns: &NetNs, addr: &str, secs: u32) -> bool {
     }
     false
 }
+
+/// Runs `f` on a thread inside `ns`: sockets it creates live in the namespace.
+pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::spawn(move || {
+        let nsfd = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: setns moves only this thread into the namespace.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&nsfd), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
