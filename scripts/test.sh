@@ -11,6 +11,7 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v curl >/dev/null || need+=(curl)
 command -v gdb >/dev/null || need+=(gdb)
 command -v dig >/dev/null || need+=(dnsutils)
+command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "test.sh: missing tools (${need[*]}) and not root to install them" >&2

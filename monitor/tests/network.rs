@@ -154,3 +154,35 @@ fn bad_net_options_are_rejected() {
         assert_one_error_line(&stderr, want);
     }
 }
+
+/// `--dhcp`: the guest takes its address from a DHCP server (dnsmasq, inside the namespace,
+/// with a fixed address for the guest's MAC, which `--net-mac` sets).
+#[test]
+fn dhcp_configures_the_guest() {
+    let g = ping_guest("ping");
+    let ns = NetNs::new("dhcp");
+    ns.tap("tap0", "10.0.0.1/24", 1500);
+    let dir = TempDir::new("dhcp");
+    let mut server = ns.command("dnsmasq");
+    server.args([
+        "--no-daemon",
+        "--conf-file=/dev/null",
+        "--interface=tap0",
+        "--bind-interfaces",
+        "--port=0",
+        "--dhcp-range=10.0.0.50,10.0.0.90,1h",
+        "--dhcp-host=02:00:00:00:00:77,10.0.0.77",
+        &format!("--dhcp-leasefile={}", dir.0.join("leases").display()),
+    ]);
+    let dhcp_server = Running::spawn(server);
+    std::thread::sleep(std::time::Duration::from_millis(500)); // let it bind before the guest asks
+    let mut cmd = ns.tender();
+    cmd.args(["--net:service=tap0", "--net-mac:service=02:00:00:00:00:77", &g, "--dhcp"]);
+    let guest = Running::spawn(cmd);
+    assert!(wait_for_ping(&ns, "10.0.0.77", 30), "the guest never answered at its DHCP address");
+    let out = ping(&ns, &["-c", "3", "-i", "0.2", "10.0.0.77"]);
+    assert!(no_loss(&out, 3), "{out}");
+    let (_, out, _) = guest.stop();
+    assert!(out.contains("ping: got 10.0.0.77/24 by DHCP"), "{out}");
+    drop(dhcp_server);
+}

@@ -67,9 +67,19 @@ pub fn serve(names: &[&str]) -> i32 {
         );
         stacks.push(stack);
     }
+    let mut announced = alloc::vec![false; stacks.len()];
     loop {
         for s in stacks.iter_mut() {
             s.poll();
+        }
+        for ((s, ip), done) in stacks.iter().zip(&ips).zip(announced.iter_mut()) {
+            if *ip == IpConfig::Dhcp
+                && !*done
+                && let Some((addr, prefix)) = s.ipv4()
+            {
+                println!("ping: got {addr}/{prefix} by DHCP");
+                *done = true;
+            }
         }
         if let Some(n) = count
             && ECHO_REQUESTS.load(Ordering::Relaxed) >= n
