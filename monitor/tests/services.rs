@@ -258,3 +258,83 @@ fn dns_answers_its_zone() {
     assert_eq!(answers.lines().filter(|l| *l == "10.0.0.5").count(), 100, "{answers}");
     drop(guest);
 }
+
+/// The guest connects out (TCP client: connect, write, close) to a listener in the namespace.
+#[test]
+fn tcp_connect_send_and_close() {
+    let (g, ns) = service("netperf", "tcpsend");
+    let listener = in_netns(&ns, || std::net::TcpListener::bind("10.0.0.1:5001").expect("listen in the namespace"));
+    let receiver = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("the guest connects");
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut data).expect("read until the guest closes");
+        data
+    });
+    let mut cmd = ns.tender();
+    let total = 5_000_000u64;
+    cmd.args(["--net:service=tap0", &g, "--ipv4=10.0.0.2/24", "tcp-send", "10.0.0.1", "5001", &total.to_string()]);
+    let (code, out, err) = Running::spawn(cmd).wait();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("netperf: connected to 10.0.0.1:5001") && out.contains("netperf: sent 5000000 bytes"),
+        "{out}"
+    );
+    let data = receiver.join().unwrap();
+    assert_eq!(data.len() as u64, total);
+    assert!(data.iter().enumerate().all(|(i, &b)| b == ((i % 16384) % 251) as u8), "the stream arrived intact");
+}
+
+/// The guest as a TCP server taking a bulk stream, and as a UDP echo server.
+#[test]
+fn tcp_sink_and_udp_echo() {
+    let (g, ns) = service("netperf", "sink");
+    let mut cmd = ns.tender();
+    cmd.args(["--net:service=tap0", &g, "--ipv4=10.0.0.2/24", "tcp-sink", "5002"]);
+    let guest = Running::spawn(cmd);
+    wait_for_tcp(&ns, 5002);
+    let sent = in_netns(&ns, || {
+        // The probe connection of wait_for_tcp may still hold the one listening socket.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut s = loop {
+            match TcpStream::connect((GUEST_IP, 5002)) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let block = vec![7u8; 1 << 20];
+        for _ in 0..32 {
+            s.write_all(&block).unwrap();
+        }
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+        32u64 << 20
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, out, _) = guest.stop();
+    assert!(out.contains(&format!("netperf: received {sent} bytes")), "{out}");
+
+    let mut cmd = ns.tender();
+    cmd.args(["--net:service=tap0", &g, "--ipv4=10.0.0.2/24", "udp-echo", "5003"]);
+    let guest = Running::spawn(cmd);
+    assert!(wait_for_ping(&ns, GUEST_IP, 30));
+    let echoed = in_netns(&ns, || {
+        let s = std::net::UdpSocket::bind("10.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut got = 0;
+        for i in 0..500u32 {
+            let msg = format!("datagram {i}");
+            s.send_to(msg.as_bytes(), (GUEST_IP, 5003)).unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok((n, _)) = s.recv_from(&mut buf)
+                && buf[..n] == *msg.as_bytes()
+            {
+                got += 1;
+            }
+        }
+        got
+    });
+    assert_eq!(echoed, 500);
+    drop(guest);
+}

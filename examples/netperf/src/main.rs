@@ -1,0 +1,158 @@
+//! Network exerciser and benchmark, one mode per run (after `--ipv4=…`):
+//!
+//! - `tcp-sink PORT`: accepts connections, discards what they send, prints bytes and MB/s per
+//!   connection;
+//! - `tcp-send IP PORT BYTES`: connects, sends BYTES (a pattern), closes, prints MB/s, exits 0;
+//! - `udp-echo PORT`: sends every datagram back to where it came from.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use guest_rt::net::Stack;
+use guest_rt::net::smoltcp::socket::tcp::State;
+use guest_rt::net::smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
+use guest_rt::{NetDevice, monotonic_ns, println};
+
+guest_rt::unikernel!(main, net: ["service"]);
+
+fn main() -> i32 {
+    let (ips, rest) = match guest_rt::net::parse_args(guest_rt::cmdline(), 1) {
+        Ok(v) => v,
+        Err(e) => {
+            println!("netperf: {e}");
+            return 2;
+        }
+    };
+    let Ok(nic) = NetDevice::open("service") else {
+        println!("netperf: service must be attached");
+        return 2;
+    };
+    let mut net = Stack::new(nic, &ips[0]);
+    let num = |i: usize| rest.get(i).and_then(|s| s.parse::<u64>().ok());
+    match (rest.first().copied(), num(1), num(2), num(3)) {
+        (Some("tcp-sink"), Some(port), _, _) => tcp_sink(&mut net, port as u16),
+        (Some("tcp-send"), _, Some(port), Some(bytes)) => {
+            let Some(ip) = rest.get(1).and_then(|s| s.parse::<Ipv4Address>().ok()) else {
+                println!("netperf: tcp-send IP PORT BYTES");
+                return 2;
+            };
+            tcp_send(&mut net, IpEndpoint::new(IpAddress::Ipv4(ip), port as u16), bytes)
+        }
+        (Some("udp-echo"), Some(port), _, _) => udp_echo(&mut net, port as u16),
+        _ => {
+            println!("netperf: modes: tcp-sink PORT | tcp-send IP PORT BYTES | udp-echo PORT");
+            2
+        }
+    }
+}
+
+fn mb_per_s(bytes: u64, ns: u64) -> u64 {
+    bytes * 1000 / ns.max(1)
+}
+
+fn tcp_sink(net: &mut Stack, port: u16) -> i32 {
+    let h = net.tcp_listen(port);
+    println!("netperf: sink on port {port}");
+    let (mut bytes, mut start) = (0u64, 0u64);
+    loop {
+        net.poll();
+        let s = net.tcp(h);
+        let mut worked = false;
+        while s.can_recv() {
+            if bytes == 0 {
+                start = monotonic_ns();
+            }
+            match s.recv(|d| (d.len(), d.len())) {
+                Ok(n) if n > 0 => {
+                    bytes += n as u64;
+                    worked = true;
+                }
+                _ => break,
+            }
+        }
+        match s.state() {
+            State::CloseWait if !s.can_recv() => {
+                println!("netperf: received {bytes} bytes, {} MB/s", mb_per_s(bytes, monotonic_ns() - start));
+                bytes = 0;
+                s.close();
+                worked = true;
+            }
+            State::Closed => {
+                let _ = s.listen(port);
+            }
+            _ => {}
+        }
+        if !worked && !net.busy() {
+            net.wait();
+        }
+    }
+}
+
+fn tcp_send(net: &mut Stack, remote: IpEndpoint, total: u64) -> i32 {
+    let h = match net.tcp_connect(remote, 49152) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("netperf: connect: {e:?}");
+            return 1;
+        }
+    };
+    let chunk: alloc::vec::Vec<u8> = (0..16384u32).map(|i| (i % 251) as u8).collect();
+    let (mut sent, mut start, mut closing) = (0u64, 0u64, false);
+    let deadline = monotonic_ns() + 60_000_000_000;
+    loop {
+        net.poll();
+        let s = net.tcp(h);
+        let mut worked = false;
+        if s.may_send() && start == 0 {
+            start = monotonic_ns();
+            println!("netperf: connected to {remote}");
+        }
+        while sent < total && s.can_send() {
+            let want = (total - sent).min(chunk.len() as u64) as usize;
+            let off = (sent % chunk.len() as u64) as usize;
+            let want = want.min(chunk.len() - off);
+            match s.send_slice(&chunk[off..off + want]) {
+                Ok(n) if n > 0 => {
+                    sent += n as u64;
+                    worked = true;
+                }
+                _ => break,
+            }
+        }
+        if sent == total && !closing {
+            s.close();
+            closing = true;
+        }
+        if closing && matches!(s.state(), State::Closed | State::TimeWait) {
+            println!("netperf: sent {sent} bytes, {} MB/s", mb_per_s(sent, monotonic_ns() - start));
+            return 0;
+        }
+        if monotonic_ns() > deadline || (s.state() == State::Closed && !closing && start != 0) {
+            println!("netperf: connection failed after {sent} bytes");
+            return 1;
+        }
+        if !worked && !net.busy() {
+            net.wait();
+        }
+    }
+}
+
+fn udp_echo(net: &mut Stack, port: u16) -> i32 {
+    let h = net.udp_bind(port);
+    println!("netperf: udp echo on port {port}");
+    let mut buf = alloc::vec![0u8; 9000];
+    loop {
+        net.poll();
+        let s = net.udp(h);
+        let mut worked = false;
+        while s.can_send() {
+            let Ok((n, meta)) = s.recv_slice(&mut buf) else { break };
+            let _ = s.send_slice(&buf[..n], meta.endpoint);
+            worked = true;
+        }
+        if !worked && !net.busy() {
+            net.wait();
+        }
+    }
+}
