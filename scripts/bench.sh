@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v hyperfine >/dev/null || need+=(hyperfine)
+command -v wrk >/dev/null || need+=(wrk)
 [ -x /usr/bin/time ] || need+=(time)
 if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -49,3 +50,51 @@ hyperfine -N --warmup 10 -r 200 "$T target/release/hello" "$T --version" /bin/tr
 
 echo "== peak RSS, hello, 512 MiB guest"
 /usr/bin/time -v $T target/release/hello 2>&1 | grep "Maximum resident"
+
+echo "== network (guest at 10.0.0.2 on a tap in a throw-away namespace; host side at 10.0.0.1)"
+ns=tnd-bench-$$
+cleanup() { pkill -f "tender --net:service=tap0" 2>/dev/null || true; ip netns del $ns 2>/dev/null || true; rm -f "$img"; }
+trap cleanup EXIT
+ip netns add $ns
+ip netns exec $ns ip link set lo up
+ip netns exec $ns ip tuntap add tap0 mode tap
+ip netns exec $ns ip addr add 10.0.0.1/24 dev tap0
+ip netns exec $ns ip link set tap0 up
+run_guest() { ip netns exec $ns $T --net:service=tap0 "$@" --ipv4=10.0.0.2/24 ${GUEST_ARGS:-} & sleep 1; }
+out=$(mktemp)
+
+GUEST_ARGS="tcp-sink 5002" run_guest target/release/netperf >"$out"
+ip netns exec $ns python3 -c '
+import socket; s = socket.create_connection(("10.0.0.2", 5002)); b = bytes(1 << 20)
+for _ in range(128): s.sendall(b)
+s.shutdown(socket.SHUT_WR); s.recv(1)'
+sleep 0.5; pkill -f "tcp-sink 5002"; sleep 0.2
+echo "TCP host -> guest, 128 MiB: $(grep -o 'received.*' "$out")"
+
+ip netns exec $ns python3 -c '
+import socket, time; l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("10.0.0.1", 5001)); l.listen(1); c, _ = l.accept(); n = 0; t = time.time()
+while True:
+    d = c.recv(1 << 20)
+    if not d: break
+    n += len(d)
+print("TCP guest -> host, %d bytes: %.0f MB/s (host side)" % (n, n / (time.time() - t) / 1e6))' &
+sleep 0.5
+ip netns exec $ns $T --net:service=tap0 target/release/netperf --ipv4=10.0.0.2/24 tcp-send 10.0.0.1 5001 134217728 | grep sent
+wait
+
+GUEST_ARGS="udp-echo 5003" run_guest target/release/netperf >/dev/null
+ip netns exec $ns python3 -c '
+import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+n = 20000; t = time.time()
+for i in range(n):
+    s.sendto(b"x" * 64, ("10.0.0.2", 5003)); s.recv(2048)
+d = time.time() - t
+print("UDP echo, 64-byte datagrams, one in flight: %.0f round trips/s (%.0f us each)" % (n / d, d / n * 1e6))'
+pkill -f "udp-echo 5003"; sleep 0.2
+
+run_guest target/release/http >/dev/null
+for c in 1 16; do
+    echo "HTTP GET / with wrk, $c connection(s), 10 s: $(ip netns exec $ns wrk -t1 -c$c -d10s http://10.0.0.2/ | grep -E 'Requests/sec')"
+done
+pkill -f "release/http"; sleep 0.2
