@@ -74,7 +74,8 @@ impl NetDevice {
 
     /// NET_WRITE: one frame from guest memory to the tap.
     pub fn write(&self, ram: &GuestRam, req: &HcNet) -> Result<i32, HypercallError> {
-        if req.len > u64::from(self.mtu) + ETHERNET_HEADER {
+        // A frame has at least its Ethernet header and at most MTU bytes of payload after it.
+        if req.len < ETHERNET_HEADER || req.len > u64::from(self.mtu) + ETHERNET_HEADER {
             return Ok(SOLO5_R_EINVAL);
         }
         let buf = ram.slice(req.data, req.len)?;
