@@ -431,7 +431,7 @@ impl<E: Into<HypercallError>> From<E> for HaltOr {
 }
 
 /// A hypercall is a 4-byte OUT of a 32-bit GPA to port 0x500 + nr; anything else is an error.
-fn decode_out(port: u16, data: &[u8]) -> Result<(Hypercall, u64), GuestError> {
+pub fn decode_out(port: u16, data: &[u8]) -> Result<(Hypercall, u64), GuestError> {
     let bad_port = GuestError::Port { port, size: data.len(), direction: "out" };
     let Ok(bytes) = <[u8; 4]>::try_from(data) else {
         return Err(bad_port);
