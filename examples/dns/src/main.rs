@@ -10,12 +10,12 @@ extern crate alloc;
 
 use dns_zone::{Zone, answer};
 use guest_rt::net::Stack;
-use guest_rt::{NetDevice, println};
+use guest_rt::println;
 
 guest_rt::unikernel!(main, net: ["service"]);
 
 fn main() -> i32 {
-    let (ips, rest) = match guest_rt::net::parse_args(guest_rt::cmdline(), 1) {
+    let (mut net, rest) = match Stack::from_cmdline("service") {
         Ok(v) => v,
         Err(e) => {
             println!("dns: {e}");
@@ -34,11 +34,6 @@ fn main() -> i32 {
             return 2;
         }
     };
-    let Ok(nic) = NetDevice::open("service") else {
-        println!("dns: service must be attached");
-        return 2;
-    };
-    let mut net = Stack::new(nic, &ips[0]);
     let udp = net.udp_bind(port);
     println!("dns: serving {} ({} records) on port {port}", zone.origin, zone.records.len());
     let mut query = alloc::vec![0u8; 1500];

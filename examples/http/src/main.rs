@@ -12,7 +12,7 @@ use core::fmt::Write as _;
 use guest_rt::net::Stack;
 use guest_rt::net::smoltcp::iface::SocketHandle;
 use guest_rt::net::smoltcp::socket::tcp::State;
-use guest_rt::{NetDevice, println};
+use guest_rt::println;
 
 guest_rt::unikernel!(main, net: ["service"]);
 
@@ -39,7 +39,7 @@ struct Counters {
 }
 
 fn main() -> i32 {
-    let (ips, rest) = match guest_rt::net::parse_args(guest_rt::cmdline(), 1) {
+    let (mut net, rest) = match Stack::from_cmdline("service") {
         Ok(v) => v,
         Err(e) => {
             println!("http: {e}");
@@ -47,14 +47,6 @@ fn main() -> i32 {
         }
     };
     let port: u16 = rest.iter().find_map(|w| w.strip_prefix("--port=")).and_then(|p| p.parse().ok()).unwrap_or(80);
-    let nic = match NetDevice::open("service") {
-        Ok(n) => n,
-        Err(e) => {
-            println!("http: cannot open service: {e:?}");
-            return 2;
-        }
-    };
-    let mut net = Stack::new(nic, &ips[0]);
     let mut conns: Vec<Conn> = (0..CONNECTIONS)
         .map(|_| Conn { socket: net.tcp_listen(port), head: Vec::with_capacity(MAX_HEAD), skip: 0, counted: false })
         .collect();

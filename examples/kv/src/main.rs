@@ -23,7 +23,7 @@ use core::fmt::Write as _;
 use guest_rt::net::Stack;
 use guest_rt::net::smoltcp::iface::SocketHandle;
 use guest_rt::net::smoltcp::socket::tcp::State;
-use guest_rt::{BlockDevice, NetDevice, println};
+use guest_rt::{BlockDevice, println};
 use store::{Store, StoreError};
 
 guest_rt::unikernel!(main, block: ["storage"], net: ["service"]);
@@ -37,7 +37,7 @@ struct Conn {
 }
 
 fn main() -> i32 {
-    let (ips, rest) = match guest_rt::net::parse_args(guest_rt::cmdline(), 1) {
+    let (mut net, rest) = match Stack::from_cmdline("service") {
         Ok(v) => v,
         Err(e) => {
             println!("kv: {e}");
@@ -45,8 +45,8 @@ fn main() -> i32 {
         }
     };
     let port: u16 = rest.iter().find_map(|w| w.strip_prefix("--port=")).and_then(|p| p.parse().ok()).unwrap_or(7000);
-    let (Ok(disk), Ok(nic)) = (BlockDevice::open("storage"), NetDevice::open("service")) else {
-        println!("kv: storage and service must be attached");
+    let Ok(disk) = BlockDevice::open("storage") else {
+        println!("kv: cannot open block device storage");
         return 2;
     };
     let mut store = match Store::open(disk) {
@@ -60,7 +60,6 @@ fn main() -> i32 {
         println!("kv: discarded a torn record at byte {at}");
     }
     println!("kv: recovered {} records, {} keys", store.recovered, store.len());
-    let mut net = Stack::new(nic, &ips[0]);
     let mut conns: Vec<Conn> =
         (0..CONNECTIONS).map(|_| Conn { socket: net.tcp_listen(port), line: Vec::new() }).collect();
     println!("kv: listening on port {port}");

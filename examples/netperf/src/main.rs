@@ -12,23 +12,18 @@ extern crate alloc;
 use guest_rt::net::Stack;
 use guest_rt::net::smoltcp::socket::tcp::State;
 use guest_rt::net::smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
-use guest_rt::{NetDevice, monotonic_ns, println};
+use guest_rt::{monotonic_ns, println};
 
 guest_rt::unikernel!(main, net: ["service"]);
 
 fn main() -> i32 {
-    let (ips, rest) = match guest_rt::net::parse_args(guest_rt::cmdline(), 1) {
+    let (mut net, rest) = match Stack::from_cmdline("service") {
         Ok(v) => v,
         Err(e) => {
             println!("netperf: {e}");
             return 2;
         }
     };
-    let Ok(nic) = NetDevice::open("service") else {
-        println!("netperf: service must be attached");
-        return 2;
-    };
-    let mut net = Stack::new(nic, &ips[0]);
     let num = |i: usize| rest.get(i).and_then(|s| s.parse::<u64>().ok());
     match (rest.first().copied(), num(1), num(2), num(3)) {
         (Some("tcp-sink"), Some(port), _, _) => tcp_sink(&mut net, port as u16),

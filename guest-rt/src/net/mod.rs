@@ -7,7 +7,7 @@
 //! arrives or smoltcp's next deadline. ARP and ICMP echo are answered by the stack itself.
 //!
 //! ```ignore
-//! let mut net = Stack::from_cmdline(NetDevice::open("service")?, cmdline)?;
+//! let (mut net, args) = Stack::from_cmdline("service")?;
 //! let server = net.tcp_listen(80);
 //! loop {
 //!     net.poll();
@@ -77,6 +77,15 @@ impl Stack {
             IpConfig::Dhcp => dhcp = Some(sockets.add(dhcpv4::Socket::new())),
         }
         Stack { phy, iface, sockets, dhcp, nic }
+    }
+
+    /// The usual start of a one-NIC service: opens the net device `name`, configures it from
+    /// the command line (`--ipv4=…`, `--ipv4-gateway=…`, `--dhcp`), and returns the stack with
+    /// the application's own arguments. The error is a message for the console.
+    pub fn from_cmdline(name: &str) -> Result<(Stack, alloc::vec::Vec<&'static str>), alloc::string::String> {
+        let (ips, rest) = parse_args(crate::cmdline(), 1)?;
+        let nic = NetDevice::open(name).map_err(|e| alloc::format!("cannot open net device {name}: {e:?}"))?;
+        Ok((Stack::new(nic, &ips[0]), rest))
     }
 
     pub fn nic(&self) -> NetDevice {
