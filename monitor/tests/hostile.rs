@@ -25,9 +25,11 @@
 //! | net: NET_READ into a 1-byte buffer | OK with length 1 (the frame is cut, as the ABI says) |
 //! | net: NET_READ buffer straddling the end of RAM | `invalid guest access`, 1 |
 //!
-//! Not reachable from CPL 3, where guest-rt runs all guest code: a KVM HLT exit and a triple fault
-//! (both need CPL 0 instructions); tender's handling of those exits is the plain exit-reason path
-//! in `Vm::run_loop`, exercised by Solo5's own CPL-0 test guests (see the issue notes).
+//! | `hlt` at CPL 0 (a raw ELF built by the test) | `guest halted the CPU (hlt)`, 1 |
+//! | a triple fault at CPL 0 (empty IDT, `int3`) | `guest triple fault (KVM_EXIT_SHUTDOWN)` (VMX) or `KVM: internal error exit: suberror=0x1` (KVM-PVM), 1 |
+//!
+//! guest-rt runs all application code at CPL 3, where `hlt` and `lidt` are refused by the CPU; the
+//! CPL 0 cases use a minimal hvt ELF that the test writes itself.
 
 mod common;
 
@@ -177,4 +179,89 @@ fn net_attacks() {
     let (code, out, err) = guest_run.wait();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ret=0 len=1"), "{out}");
+}
+
+/// A minimal hvt ELF around `code` (loaded at 0x100000, entered at CPL 0 as the ABI starts
+/// every guest), with the ABI note and an empty manifest: for attacks that need CPL 0, which
+/// guest-rt never gives application code.
+fn raw_cpl0_kernel(code: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 0x1000];
+    let put = |f: &mut Vec<u8>, at: usize, b: &[u8]| f[at..at + b.len()].copy_from_slice(b);
+    // ELF header.
+    put(&mut f, 0, b"\x7fELF\x02\x01\x01");
+    put(&mut f, 16, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut f, 18, &62u16.to_le_bytes()); // EM_X86_64
+    put(&mut f, 20, &1u32.to_le_bytes());
+    put(&mut f, 24, &0x10_0000u64.to_le_bytes()); // entry
+    put(&mut f, 32, &64u64.to_le_bytes()); // phoff
+    put(&mut f, 52, &64u16.to_le_bytes());
+    put(&mut f, 54, &56u16.to_le_bytes());
+    put(&mut f, 56, &3u16.to_le_bytes()); // phnum
+    // Notes at 0x100 (ABI) and 0x128 (manifest with the reserved entry only).
+    let abi_note: Vec<u8> = [6u32, 16, guest_abi::NOTE_TYPE_ABI]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .chain(*b"Solo5\0\0\0")
+        .chain([1u32, 2, 0, 0].iter().flat_map(|v| v.to_le_bytes()))
+        .collect();
+    put(&mut f, 0x100, &abi_note);
+    let mut mft_note: Vec<u8> = [6u32, 4 + 8 + 104, guest_abi::NOTE_TYPE_MANIFEST]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .chain(*b"Solo5\0\0\0")
+        .chain([0u32, 1, 1].iter().flat_map(|v| v.to_le_bytes()))
+        .collect();
+    let mut entry = vec![0u8; 104];
+    entry[68..72].copy_from_slice(&guest_abi::MFT_RESERVED_FIRST.to_le_bytes());
+    mft_note.extend_from_slice(&entry);
+    put(&mut f, 0x128, &mft_note);
+    // Program headers: PT_LOAD (R+X) of the code, then the two PT_NOTEs.
+    let phdr = |ty: u32, flags: u32, off: u64, vaddr: u64, size: u64, align: u64| -> Vec<u8> {
+        [ty, flags]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .chain([off, vaddr, vaddr, size, size, align].iter().flat_map(|v| v.to_le_bytes()))
+            .collect()
+    };
+    put(&mut f, 64, &phdr(1, 5, 0x1000, 0x10_0000, code.len() as u64, 0x1000));
+    put(&mut f, 120, &phdr(4, 4, 0x100, 0, abi_note.len() as u64, 4));
+    put(&mut f, 176, &phdr(4, 4, 0x128, 0, mft_note.len() as u64, 8));
+    f.extend_from_slice(code);
+    f
+}
+
+fn run_raw(tag: &str, code: &[u8]) -> (i32, String) {
+    require_kvm();
+    let dir = TempDir::new(tag);
+    let kernel = dir.file("kernel", &raw_cpl0_kernel(code));
+    let output = tender().args(["--mem=8", kernel.to_str().unwrap()]).output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(output.status.signal(), None, "{tag}: tender died of a signal");
+    let (code, _, err) = decode(output);
+    (code, err)
+}
+
+/// `hlt` with interrupts off at CPL 0: the vCPU would sleep forever; tender ends the run.
+#[test]
+fn kvm_hlt_exit_ends_the_run() {
+    let (code, err) = run_raw("hlt", &[0xf4, 0xeb, 0xfe]);
+    assert_eq!(code, 1, "{err}");
+    assert_one_error_line(&err, "guest halted the CPU (hlt), rip=0x100001");
+}
+
+/// An empty IDT and a breakpoint: #BP cannot be delivered, nor the #DF after it: a triple fault.
+/// VMX reports KVM_EXIT_SHUTDOWN; KVM-PVM an internal error (HOST_KVM_NOTES).
+#[test]
+fn triple_fault_ends_the_run() {
+    // lidt [0x100010] (ten zero bytes there: limit 0); int3; then the zero IDTR.
+    let mut code = vec![0x0f, 0x01, 0x1c, 0x25, 0x10, 0x00, 0x10, 0x00, 0xcc, 0xeb, 0xfe];
+    code.resize(0x20, 0);
+    let (code, err) = run_raw("triple", &code);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("guest triple fault (KVM_EXIT_SHUTDOWN)")
+            || err.contains("KVM: internal error exit: suberror=0x1"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
