@@ -2,7 +2,10 @@
 //! the in-memory index rebuilt from it at boot.
 //!
 //! Each record starts on a block boundary and is written with one BLOCK_WRITE (one exit, however
-//! many blocks it spans); a write is acknowledged only after that call returns. A record:
+//! many blocks it spans); a write is acknowledged only after that call returns, that is once it
+//! is in the host file. That survives the unikernel or tender being stopped or killed; it does not
+//! survive a host crash before the host flushes its page cache, since the hvt ABI has no flush. A
+//! full log answers `ERR storage full` (there is no compaction). A record:
 //!
 //! | bytes | field |
 //! |---|---|
