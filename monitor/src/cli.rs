@@ -98,6 +98,21 @@ fn valid_device_name(name: &str) -> bool {
 
 /// Parses `args` (without the program name).
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
+    // Errors quote the user's words; control characters in them must not break the one line.
+    parse_args(args).map_err(|e| {
+        let mut line = String::with_capacity(e.0.len());
+        for c in e.0.chars() {
+            if c.is_control() {
+                line.extend(c.escape_default());
+            } else {
+                line.push(c);
+            }
+        }
+        CliError(line)
+    })
+}
+
+fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
     let args: Vec<String> = args.into_iter().collect();
     let mut for_clap = vec!["tender".to_string()];
     let mut named: Vec<Named<'_>> = Vec::new();
@@ -117,7 +132,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             guest_args = &args[i + 1..];
             break;
         }
-        if arg.contains(':') && arg.starts_with("--") && !arg.starts_with("--mem") {
+        // `--KIND:NAME=VALUE`: a colon in the option's name, before any `=` (a colon in a value,
+        // as in `--report=/tmp/a:b`, is just part of the value).
+        if arg.starts_with("--") && arg.split('=').next().is_some_and(|name| name.contains(':')) {
             named.push(split_named(arg).ok_or_else(|| invalid(arg))?);
         } else {
             for_clap.push(arg.clone());
