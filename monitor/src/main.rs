@@ -1,6 +1,15 @@
 //! `tender`: the command-line front end. All the work is in the library.
 
 use std::process::ExitCode;
+
+/// One line on stderr. Never panics: a closed stderr (`tender … 2>&1 | head -1`) must not turn a
+/// message into a panic, whose abort would also break out of the sandbox's allowlist.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 use std::time::Instant;
 
 use tender::cli::{self, Command};
@@ -15,7 +24,7 @@ fn main() -> ExitCode {
     };
     let (config, warnings, report) = match command {
         Command::Info(text) => {
-            print!("{text}");
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             return ExitCode::SUCCESS;
         }
         Command::Run { config, warnings, report } => (config, warnings, report),
@@ -25,7 +34,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("cannot open the report file: {e}")),
     };
     for w in warnings {
-        eprintln!("tender: warning: {w}");
+        say!("tender: warning: {w}");
     }
     let mut vm = match Vm::new(&config) {
         Ok(vm) => vm,
@@ -40,7 +49,7 @@ fn main() -> ExitCode {
     let exit_files: Vec<i32> = report.iter().map(ReportFile::fd).collect();
     let end = vm.run(&exit_files);
     match &end {
-        RunEnd::Halted { trap: Some(t), status } => eprintln!(
+        RunEnd::Halted { trap: Some(t), status } => say!(
             "tender: guest aborted (status {status}) on a CPU exception{}: rip={:#x} rsp={:#x} error={:#x} cr2={:#x}",
             t.vector.map(|v| format!(" (vector {v})")).unwrap_or_default(),
             t.frame.rip,
@@ -49,24 +58,24 @@ fn main() -> ExitCode {
             t.frame.cr2
         ),
         RunEnd::Halted { .. } => {}
-        RunEnd::GuestError { error, rip } => eprintln!("tender: {error}, rip={rip:#x}"),
-        RunEnd::HostError(msg) => eprintln!("tender: {msg}"),
-        RunEnd::Signal(sig) => eprintln!("tender: exiting on signal {sig}"),
-        RunEnd::Timeout(secs) => eprintln!("tender: guest still running after --timeout={secs}s, stopped"),
+        RunEnd::GuestError { error, rip } => say!("tender: {error}, rip={rip:#x}"),
+        RunEnd::HostError(msg) => say!("tender: {msg}"),
+        RunEnd::Signal(sig) => say!("tender: exiting on signal {sig}"),
+        RunEnd::Timeout(secs) => say!("tender: guest still running after --timeout={secs}s, stopped"),
     }
     if let Some(msg) = vm.dump_core(&end) {
-        eprintln!("tender: {msg}");
+        say!("tender: {msg}");
     }
     if let Some(r) = report.as_mut()
         && let Err(e) = r.write(&Ending::Run(&end), started.elapsed(), &vm.stats)
     {
-        eprintln!("tender: cannot write the report: {e}");
+        say!("tender: cannot write the report: {e}");
     }
     exit_sandboxed(end.exit_code())
 }
 
 fn fail(msg: &str) -> ExitCode {
-    eprintln!("tender: {msg}");
+    say!("tender: {msg}");
     ExitCode::FAILURE
 }
 

@@ -180,7 +180,8 @@ impl Vm {
     /// `exit_files` are fds the caller will still write at exit (the report).
     pub fn run(&mut self, exit_files: &[RawFd]) -> RunEnd {
         let immediate_exit = &mut self.machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
-        if let Err(e) = signals::install(immediate_exit, self.timeout) {
+        let wake_fd = self.poller.fds()[2];
+        if let Err(e) = signals::install(immediate_exit, wake_fd, self.timeout) {
             return RunEnd::HostError(format!("cannot install signal handlers: {e}"));
         }
         let mut allow = self.allowlist();
@@ -193,6 +194,7 @@ impl Vm {
             .chain(&allow.exit_file_fds)
             .chain(&allow.epoll_fd)
             .chain(&allow.timer_fd)
+            .chain(&allow.output_fds)
             .chain(allow.core_dump.iter().flat_map(|(f, d)| [f, d]))
             .chain(std::iter::once(&self.machine.vm.as_raw_fd()))
             .copied()
@@ -208,10 +210,11 @@ impl Vm {
 
     /// The fds the run uses, for the sandbox.
     fn allowlist(&self) -> Allowlist {
-        let [epoll, timer] = self.poller.fds();
+        let [epoll, timer, wake] = self.poller.fds();
         let mut allow = Allowlist {
             vcpu_fd: Some(self.machine.vcpu.as_raw_fd()),
-            output_fds: vec![1, 2],
+            // 1 and 2 for PUTS and messages; the wake-up eventfd for the signal handler.
+            output_fds: vec![1, 2, wake],
             epoll_fd: Some(epoll),
             timer_fd: Some(timer),
             core_dump: self.core.as_ref().map(|c| {
@@ -312,6 +315,11 @@ impl Vm {
         let buf = self.ram.slice(arg.data, arg.len)?;
         let mut done = 0;
         while done < buf.len() {
+            // A reader that stops reading blocks this write; a signal (SIGTERM, --timeout) then
+            // cuts it short, and must end the run rather than be followed by another write.
+            if signals::pending().is_some() {
+                return Err(HypercallError::Interrupted.into());
+            }
             // SAFETY: `buf` is a checked range of guest RAM, mapped for this call; the kernel
             // only reads from it.
             let n = unsafe { libc::write(1, buf.ptr_guard().as_ptr().add(done).cast(), buf.len() - done) };

@@ -7,8 +7,10 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 
-/// epoll data value of the timer; net devices use their manifest index (< 64).
+/// epoll data values of the timer and of the signal wake-up; net devices use their manifest
+/// index (< 64).
 const TIMER_TOKEN: u64 = u64::MAX;
+const WAKE_TOKEN: u64 = u64::MAX - 1;
 /// At most 63 devices plus the timer can be ready at once.
 const MAX_EVENTS: usize = 64;
 
@@ -21,6 +23,8 @@ pub enum PollError {
 pub struct Poller {
     epoll: Epoll,
     timer: TimerFd,
+    /// Written by the signal handler (see `signals`): a signal always ends a wait.
+    wake: nix::sys::eventfd::EventFd,
 }
 
 /// How a wait ended.
@@ -39,7 +43,12 @@ impl Poller {
         let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK)
             .map_err(PollError::Setup)?;
         epoll.add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TIMER_TOKEN)).map_err(PollError::Setup)?;
-        Ok(Poller { epoll, timer })
+        let wake = nix::sys::eventfd::EventFd::from_flags(
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )
+        .map_err(PollError::Setup)?;
+        epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN)).map_err(PollError::Setup)?;
+        Ok(Poller { epoll, timer, wake })
     }
 
     /// Watches a net device's tap, reported as bit `handle` of the ready set.
@@ -47,9 +56,10 @@ impl Poller {
         self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, handle)).map_err(PollError::Setup)
     }
 
-    pub fn fds(&self) -> [RawFd; 2] {
+    /// The epoll set, the timer and the signal wake-up eventfd.
+    pub fn fds(&self) -> [RawFd; 3] {
         use std::os::fd::AsRawFd;
-        [self.epoll.0.as_raw_fd(), self.timer.as_fd().as_raw_fd()]
+        [self.epoll.0.as_raw_fd(), self.timer.as_fd().as_raw_fd(), self.wake.as_fd().as_raw_fd()]
     }
 
     /// Waits until a device is readable or `timeout_ns` passed. A zero timeout only looks.
@@ -72,6 +82,10 @@ impl Poller {
         // A stale timer event (an earlier deadline) only ends a wait early, which the ABI allows.
         for ev in &events[..n] {
             let token = ev.data();
+            if token == WAKE_TOKEN {
+                // Only a signal writes it, and a signal ends the run: no need to drain it.
+                return Ok(Wait::Interrupted);
+            }
             if token < 64 {
                 ready_set |= 1 << token;
                 count += 1;
