@@ -1592,7 +1592,7 @@ fn check_cli_spec(spec: CliSpec) -> Result<(), TestCaseError> {
 
 /// Well-formed command lines (options in both spellings, named devices, MACs before their
 /// device, guest arguments that look like options) parse to exactly what they mean. Values are
-/// paths and interface names without ':' (see `option_values_may_contain_colons`).
+/// paths and interface names; `option_values_may_contain_colons` adds ':' to them.
 #[test]
 fn well_formed_command_lines_parse_to_what_they_mean() {
     let path = "[a-zA-Z0-9_./][a-zA-Z0-9_./ =@é-]{0,15}".prop_map(|s| s);
@@ -1600,13 +1600,14 @@ fn well_formed_command_lines_parse_to_what_they_mean() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known bugs, found by the properties above (reported, not fixed here). Each test is ignored
-// until the fix lands; run them with `--ignored`, and drop the `ignore` with the fix.
+// Regressions: two command-line bugs these properties found (fixed with them, in 88a73b5).
+// Each test keeps the minimal reproducer and the property that found it.
 // ---------------------------------------------------------------------------------------------
 
-/// `--OPT=VALUE` is refused as "Invalid option" when VALUE contains ':' (the cli.rs pre-pass
-/// takes any `--...:...` argument for a `--KIND:NAME=VALUE` device option). Paths such as
+/// `--OPT=VALUE` was refused as "Invalid option" when VALUE contained ':' (the cli.rs pre-pass
+/// took any `--...:...` argument for a `--KIND:NAME=VALUE` device option). Paths such as
 /// `/dev/disk/by-path/pci-0000:00:1f.2-ata-1` and interfaces such as `tap:0` are legitimate.
+/// Found as `["--dumpcore=0:", "a"]`.
 #[test]
 fn option_values_may_contain_colons() {
     for arg in ["--report=/tmp/a:b", "--block=/dev/disk/by-path/pci-0000:00:1f.2", "--dumpcore=/tmp/c:d", "--net=tap:0"]
@@ -1618,9 +1619,9 @@ fn option_values_may_contain_colons() {
     fuzz("cli_well_formed_with_colons", 5_000, cli_spec_strategy(path), check_cli_spec);
 }
 
-/// Errors quote the offending argument verbatim, so an argument with a newline (or a terminal
-/// escape) gives a multi-line error: `tender --mem=$'1\n2' k` prints
-/// "Malformed argument to --mem: '1" and "2'" on two lines.
+/// Errors quote the offending argument; an argument with a newline (or a terminal escape) gave a
+/// multi-line error: `tender --mem=$'1\n2' k` printed "Malformed argument to --mem: '1" and "2'"
+/// on two lines. Found as `["--block:\n=0", "18446744073709551615"]`.
 #[test]
 fn errors_are_one_line_for_any_text() {
     let r = cli::parse(["--mem=1\n2".to_string(), "k".to_string()]);
