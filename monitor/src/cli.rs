@@ -288,6 +288,7 @@ mod tests {
             (&["--block:d=/x", "--block-sector-size:d=1000", "k"][..], "power of two"),
             (&["--net:n=@x", "k"][..], "Malformed file descriptor"),
             (&["--net:n=t", "--net-mac:n=zz", "k"][..], "malformed MAC"),
+            (&["--net:n=t", "--net-mac:n=+2:00:00:00:00:01", "k"][..], "malformed MAC"),
         ] {
             let e = run(args).unwrap_err().0;
             assert!(e.contains(want), "{args:?}: {e}");
