@@ -48,7 +48,7 @@ fn sigint_and_sigterm_are_1() {
         let guest = Running::spawn(cmd);
         std::thread::sleep(Duration::from_millis(300));
         // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(guest.child.id() as i32, sig) };
+        unsafe { libc::kill(guest.pid() as i32, sig) };
         let started = std::time::Instant::now();
         let (code, _, err) = guest.wait();
         assert_eq!(code, 1, "{err}");

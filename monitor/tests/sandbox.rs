@@ -14,7 +14,7 @@ fn status_while_running(extra: &[&str]) -> (String, (i32, String, String)) {
     let mut cmd = tender();
     cmd.args(extra).arg(&hello).args(["time", "1500"]);
     let guest = Running::spawn(cmd);
-    let status_path = format!("/proc/{}/status", guest.child.id());
+    let status_path = format!("/proc/{}/status", guest.pid());
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut lines = String::new();
     while Instant::now() < deadline {
@@ -103,8 +103,8 @@ fn stray_fds_are_closed() {
         });
     }
     let guest = Running::spawn(cmd);
-    let fd_path = format!("/proc/{}/fd/{fd}", guest.child.id());
-    let status_path = format!("/proc/{}/status", guest.child.id());
+    let fd_path = format!("/proc/{}/fd/{fd}", guest.pid());
+    let status_path = format!("/proc/{}/status", guest.pid());
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -160,7 +160,7 @@ fn kv_survives_a_kill_during_writes_and_detects_torn_records() {
     let dir = TempDir::new("kvkill");
     let img = dir.file("kv.img", &vec![0u8; 8 << 20]);
     let guest = kv_start(&ns, &g, &img);
-    let pid = guest.child.id();
+    let pid = guest.pid();
     // A writer that records each acknowledged SET, killed from outside part-way through.
     let acked = in_netns(&ns, move || {
         let mut s = TcpStream::connect((GUEST_IP, 7000)).expect("connect");

@@ -153,32 +153,39 @@ fn sh(args: &[&str]) {
 
 /// A running guest, killed at drop if still running.
 pub struct Running {
-    pub child: std::process::Child,
+    /// Taken by `wait`; still here at drop only if the test never waited.
+    child: Option<std::process::Child>,
 }
 
 impl Running {
     pub fn spawn(mut cmd: Command) -> Self {
         let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn tender");
-        Running { child }
+        Running { child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
     }
 
     /// Sends SIGTERM and collects (code, stdout, stderr).
     pub fn stop(self) -> (i32, String, String) {
         // SAFETY: kill on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
         self.wait()
     }
 
     pub fn wait(mut self) -> (i32, String, String) {
-        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("spawn true"));
+        let child = self.child.take().expect("not waited for yet");
         decode(child.wait_with_output().expect("wait for tender"))
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
