@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the figures of docs/PERFORMANCE.md on this machine. Needs root and /dev/kvm;
-# installs hyperfine and GNU time from Debian's packages if missing. Takes about a minute.
+# installs hyperfine and GNU time from Debian's packages if missing. Takes about two minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -60,9 +60,13 @@ ip netns exec $ns ip link set lo up
 ip netns exec $ns ip tuntap add tap0 mode tap
 ip netns exec $ns ip addr add 10.0.0.1/24 dev tap0
 ip netns exec $ns ip link set tap0 up
-run_guest() { ip netns exec $ns $T --net:service=tap0 "$@" --ipv4=10.0.0.2/24 ${GUEST_ARGS:-} & sleep 1; }
+run_guest() { ip netns exec $ns $T --net:service=tap0 "$@" --ipv4=10.0.0.2/24 $RING ${GUEST_ARGS:-} & sleep 1; }
 out=$(mktemp)
 
+# Each figure twice: frames through the shared net ring (the default when the tender offers it),
+# then through the NET_READ/NET_WRITE hypercalls (--no-ring, a guest-rt option).
+for RING in "" --no-ring; do
+echo "-- ${RING:-with the net ring}"
 GUEST_ARGS="tcp-sink 5002" run_guest target/release/netperf >"$out"
 ip netns exec $ns python3 -c '
 import socket; s = socket.create_connection(("10.0.0.2", 5002)); b = bytes(1 << 20)
@@ -80,7 +84,7 @@ while True:
     n += len(d)
 print("TCP guest -> host, %d bytes: %.0f MB/s (host side)" % (n, n / (time.time() - t) / 1e6))' &
 sleep 0.5
-ip netns exec $ns $T --net:service=tap0 target/release/netperf --ipv4=10.0.0.2/24 tcp-send 10.0.0.1 5001 134217728 | grep sent
+ip netns exec $ns $T --net:service=tap0 target/release/netperf --ipv4=10.0.0.2/24 $RING tcp-send 10.0.0.1 5001 134217728 | grep sent
 wait
 
 GUEST_ARGS="udp-echo 5003" run_guest target/release/netperf >/dev/null
@@ -98,3 +102,4 @@ for c in 1 16; do
     echo "HTTP GET / with wrk, $c connection(s), 10 s: $(ip netns exec $ns wrk -t1 -c$c -d10s http://10.0.0.2/ | grep -E 'Requests/sec')"
 done
 pkill -f "release/http"; sleep 0.2
+done

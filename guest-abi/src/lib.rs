@@ -421,12 +421,49 @@ impl<const N: usize> ManifestNote<N> {
 // Optional shared-memory net ring (ABI section 9)
 // ---------------------------------------------------------------------------------------------
 
+/// Entries (and commits) in the ring; the free-running u32 indices are masked with this - 1.
 pub const NET_RING_ENTRIES: u32 = 1024;
 pub const NET_RING_OP_WRITE: u32 = 1;
 pub const NET_RING_OP_READ: u32 = 2;
+/// Bytes of the ring structure at `boot_info.net_ring`.
 pub const NET_RING_SIZE: usize = 49_280;
 pub const NET_RING_ENTRIES_OFFSET: usize = 128;
 pub const NET_RING_COMMITS_OFFSET: usize = 32_896;
+/// Guest-written indices (cache line 0).
+pub const NET_RING_ENT_TAIL: usize = 0;
+pub const NET_RING_COM_HEAD: usize = 4;
+/// Host-written indices and the "about to sleep, kick me" flag (cache line 1).
+pub const NET_RING_ENT_HEAD: usize = 64;
+pub const NET_RING_COM_TAIL: usize = 68;
+pub const NET_RING_NEEDS_KICK: usize = 72;
+/// Largest frame a guest posts through the ring (its per-slot copy); larger ones use NET_WRITE.
+pub const NET_RING_SLOT_SIZE: usize = 2048;
+/// How many times the host I/O thread looks at an empty ring before it asks for a kick.
+pub const NET_RING_SPIN_ITERS: u32 = 4096;
+
+/// A submission: written by the guest at `entries[ent_tail % NET_RING_ENTRIES]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetRingEntry {
+    pub operation: u32,
+    pub handle: u32,
+    /// GPA of the frame (write) or of the receive buffer (read).
+    pub data: u64,
+    pub len: u32,
+    pub id: u32,
+    pub _reserved: u64,
+}
+
+/// The result of a NET_READ entry: written by the host at `commits[com_tail % NET_RING_ENTRIES]`.
+/// Writes have none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetRingCommit {
+    pub id: u32,
+    pub ret: i32,
+    pub len: u32,
+    pub _reserved: u32,
+}
 
 // ---------------------------------------------------------------------------------------------
 // Layout assertions: these are the fact sheet's numbers.
@@ -481,6 +518,14 @@ const _: () = {
     assert!(X86_CR0_INIT == 0x8001_0021);
     assert!(X86_CR4_INIT == 0x620);
     assert!(X86_EFER_INIT == 0x500);
+    assert!(size_of::<NetRingEntry>() == 32);
+    assert!(offset_of!(NetRingEntry, data) == 8);
+    assert!(offset_of!(NetRingEntry, len) == 16);
+    assert!(offset_of!(NetRingEntry, id) == 20);
+    assert!(size_of::<NetRingCommit>() == 16);
+    assert!(offset_of!(NetRingCommit, ret) == 4);
+    assert!(offset_of!(NetRingCommit, len) == 8);
     assert!(NET_RING_COMMITS_OFFSET == NET_RING_ENTRIES_OFFSET + 32 * NET_RING_ENTRIES as usize);
     assert!(NET_RING_SIZE == NET_RING_COMMITS_OFFSET + 16 * NET_RING_ENTRIES as usize);
+    assert!(NET_RING_SIZE as u64 <= NET_RING_AREA_SIZE);
 };

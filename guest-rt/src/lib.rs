@@ -30,6 +30,7 @@ pub mod device;
 mod heap;
 pub mod hypercall;
 pub mod net;
+pub mod ring;
 pub mod time;
 mod trap;
 

@@ -46,6 +46,9 @@ fn main() -> ExitCode {
             return fail(&msg);
         }
     };
+    for w in &vm.warnings {
+        say!("tender: warning: {w}");
+    }
     let exit_files: Vec<i32> = report.iter().map(ReportFile::fd).collect();
     let end = vm.run(&exit_files);
     match &end {

@@ -7,7 +7,9 @@
 
 use std::fmt;
 
-use guest_abi::{BootInfo, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, TrapFrame, TrapReport};
+use guest_abi::{
+    BootInfo, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, NetRingCommit, NetRingEntry, TrapFrame, TrapReport,
+};
 use vm_memory::{
     ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, VolatileSlice,
 };
@@ -60,9 +62,23 @@ macro_rules! abi_pod {
         unsafe impl ByteValued for Abi<$t> {}
     )*};
 }
-abi_pod!(HcWalltime, HcPuts, HcPoll, HcBlock, HcNet, HcHalt, BootInfo, TrapFrame, TrapReport);
+abi_pod!(
+    HcWalltime,
+    HcPuts,
+    HcPoll,
+    HcBlock,
+    HcNet,
+    HcHalt,
+    BootInfo,
+    TrapFrame,
+    TrapReport,
+    NetRingEntry,
+    NetRingCommit
+);
 
-/// Guest RAM: one anonymous, zero-filled mapping at GPA 0.
+/// Guest RAM: one anonymous, zero-filled mapping at GPA 0. A clone shares the same mapping (the
+/// net ring's I/O thread holds one).
+#[derive(Clone)]
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     /// Guest-visible size (boot info `mem_size`): the limit for every guest pointer.

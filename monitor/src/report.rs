@@ -21,6 +21,8 @@ pub struct Stats {
     /// Time from tender's start to the first KVM_RUN.
     pub to_first_instruction: Option<Duration>,
     pub devices: Vec<DeviceStats>,
+    /// The shared net ring was offered to the guest (its traffic is in `devices`, not `hypercalls`).
+    pub net_ring: bool,
 }
 
 /// Per-device traffic. For a net device, ops are packets.
@@ -119,6 +121,7 @@ impl ReportFile {
             }
             None => b.push_str(",\"time_to_first_instruction_us\":null"),
         }
+        let _ = write!(b, ",\"net_ring\":{}", stats.net_ring);
         b.push_str(",\"exits\":{");
         let total: u64 = stats.hypercalls.iter().sum();
         for (name, n) in HYPERCALL_NAMES.iter().zip(stats.hypercalls.iter()).skip(1) {

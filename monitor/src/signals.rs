@@ -1,5 +1,6 @@
 //! SIGINT and SIGTERM end the run cleanly (status 1), as solo5-hvt does; so does SIGALRM, which
-//! `--timeout` arms.
+//! `--timeout` arms, and SIGUSR1, which the net ring's I/O thread sends when the guest breaks the
+//! ring's rules (the run loop then reports the guest's fault rather than a signal).
 //!
 //! The handler only records the signal and sets the vCPU's `immediate_exit`, so a signal that
 //! arrives just before KVM_RUN still stops the guest; the run loop does the rest.
@@ -37,7 +38,7 @@ pub fn install(immediate_exit: *mut u8, wake_fd: i32, timeout_secs: Option<u64>)
     IMMEDIATE_EXIT.store(immediate_exit, Ordering::SeqCst);
     WAKE_FD.store(wake_fd, Ordering::SeqCst);
     let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGALRM] {
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGALRM, Signal::SIGUSR1] {
         // SAFETY: the handler only does atomic stores and one volatile byte store.
         unsafe { sigaction(sig, &action) }?;
     }

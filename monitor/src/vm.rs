@@ -6,6 +6,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use std::time::Instant;
 
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::devices::Device;
 use crate::devices::block::{BlockDevice, DEFAULT_BLOCK_SIZE};
 use crate::devices::net::NetDevice;
+use crate::devices::net_ring::{NetRing, RingFault};
 use crate::devices::poll::{Poller, Wait};
 use crate::dumpcore::CoreDump;
 use crate::elf::Kernel;
@@ -91,6 +93,8 @@ pub enum GuestError {
     FailEntry(u64),
     #[error("KVM: unhandled exit: exit_reason={0:#x}")]
     Unhandled(u32),
+    #[error("{0}")]
+    NetRing(RingFault),
 }
 
 /// A hypercall that cannot complete normally.
@@ -124,12 +128,16 @@ pub struct Vm {
     machine: Machine,
     ram: GuestRam,
     devices: Vec<Device>,
+    /// The shared net ring's I/O thread, when one is running.
+    ring: Option<NetRing>,
     poller: Poller,
     seccomp: SeccompMode,
     timeout: Option<u64>,
     core: Option<CoreDump>,
     started: Instant,
     pub stats: Stats,
+    /// Setup problems that did not stop the run (the net ring falling back to hypercalls).
+    pub warnings: Vec<String>,
 }
 
 impl Vm {
@@ -149,10 +157,29 @@ impl Vm {
             }
         }
 
-        let mut ram = GuestRam::new(config.mem_bytes, config.mem_bytes)?;
+        let mut warnings = Vec::new();
+        let has_net = devices.iter().any(|d| matches!(d, Device::Net(_)));
+        let (total, limit) = memory_layout(config.mem_bytes, has_net);
+        if kernel.kernel_end > limit {
+            let reason = format!("kernel ends at {:#x}, above the memory left below the net ring", kernel.kernel_end);
+            return Err(Error::Kernel { path: config.kernel.display().to_string(), reason });
+        }
+        let mut ram = GuestRam::new(total, limit)?;
         boot::load_kernel(&mut ram, &kernel, &image)?;
         let machine = Machine::new(&ram)?;
-        boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz, 0, 0)?;
+        let ring = if has_net {
+            let taps = devices.iter().map(|d| if let Device::Net(n) = d { Some(n.io()) } else { None }).collect();
+            NetRing::start(&machine.vm, &ram, limit, taps)
+                .map_err(|e| warnings.push(format!("net ring not available ({e}), using hypercalls")))
+                .ok()
+        } else {
+            None
+        };
+        let (net_ring, features) = match ring {
+            Some(_) => (limit, guest_abi::HVT_FEATURE_RING_IO),
+            None => (0, 0),
+        };
+        boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz, net_ring, features)?;
         machine.set_boot_state(kernel.entry, ram.limit())?;
         let core = match &config.dumpcore {
             Some(dir) => Some(CoreDump::arm(dir, ram.limit())?),
@@ -167,9 +194,22 @@ impl Vm {
                     Device::None => DeviceStats::default(),
                 })
                 .collect(),
+            net_ring: ring.is_some(),
             ..Default::default()
         };
-        Ok(Vm { machine, ram, devices, poller, seccomp: config.seccomp, timeout: config.timeout, core, started, stats })
+        Ok(Vm {
+            machine,
+            ram,
+            devices,
+            ring,
+            poller,
+            seccomp: config.seccomp,
+            timeout: config.timeout,
+            core,
+            started,
+            stats,
+            warnings,
+        })
     }
 
     /// Runs the guest until it halts, breaks a rule, or a signal ends the run.
@@ -194,6 +234,7 @@ impl Vm {
             .chain(&allow.exit_file_fds)
             .chain(&allow.epoll_fd)
             .chain(&allow.timer_fd)
+            .chain(&allow.ring_kick_fd)
             .chain(&allow.output_fds)
             .chain(allow.core_dump.iter().flat_map(|(f, d)| [f, d]))
             .chain(std::iter::once(&self.machine.vm.as_raw_fd()))
@@ -204,6 +245,15 @@ impl Vm {
             return RunEnd::HostError(format!("{e} (use --seccomp=off to run without it)"));
         }
         let end = self.run_loop();
+        if let Some(ring) = &self.ring {
+            ring.stop();
+            for (stats, counters) in self.stats.devices.iter_mut().zip(ring.counters()) {
+                stats.read_ops += counters.read_ops.load(Ordering::Relaxed);
+                stats.read_bytes += counters.read_bytes.load(Ordering::Relaxed);
+                stats.write_ops += counters.write_ops.load(Ordering::Relaxed);
+                stats.write_bytes += counters.write_bytes.load(Ordering::Relaxed);
+            }
+        }
         signals::uninstall();
         end
     }
@@ -217,6 +267,8 @@ impl Vm {
             output_fds: vec![1, 2, wake],
             epoll_fd: Some(epoll),
             timer_fd: Some(timer),
+            ring_kick_fd: self.ring.as_ref().map(NetRing::kick_fd),
+            ring_fault_pid: self.ring.as_ref().map(|_| std::process::id()),
             core_dump: self.core.as_ref().map(|c| {
                 let [file, dir] = c.fds();
                 (file, dir)
@@ -237,6 +289,9 @@ impl Vm {
         self.stats.to_first_instruction = Some(self.started.elapsed());
         loop {
             if let Some(sig) = signals::pending() {
+                if let Some(fault) = self.ring.as_ref().and_then(NetRing::fault) {
+                    return RunEnd::GuestError { error: GuestError::NetRing(fault), rip: self.rip() };
+                }
                 return match (sig, self.timeout) {
                     (libc::SIGALRM, Some(secs)) => RunEnd::Timeout(secs),
                     _ => RunEnd::Signal(sig),
@@ -370,8 +425,8 @@ impl Vm {
         self.ram.check_write(gpa, size_of::<HcNet>() as u64)?;
         let read = nr == Hypercall::NetRead;
         match self.device(arg.handle) {
-            Some(Device::Net(dev)) if read => (arg.ret, arg.len) = dev.read(&self.ram, &arg)?,
-            Some(Device::Net(dev)) => arg.ret = dev.write(&self.ram, &arg)?,
+            Some(Device::Net(dev)) if read => (arg.ret, arg.len) = dev.io().read(&self.ram, arg.data, arg.len)?,
+            Some(Device::Net(dev)) => arg.ret = dev.io().write(&self.ram, arg.data, arg.len)?,
             _ => arg.ret = SOLO5_R_EINVAL,
         }
         if arg.ret == SOLO5_R_OK {
@@ -545,4 +600,15 @@ fn resolve(manifest: &Manifest, name: Option<&str>, kind: DeviceKind, value: &st
         }
     };
     Ok(handle as usize)
+}
+
+/// Guest memory and where the net ring goes (ABI section 3): with a net device, 2 MiB more is
+/// mapped (within the 4 GiB cap) and the guest's `mem_size` stops where the ring starts, whether
+/// or not the ring then comes up. Returns (mapping size, guest-visible size).
+fn memory_layout(mem: u64, has_net: bool) -> (u64, u64) {
+    if !has_net {
+        return (mem, mem);
+    }
+    let total = (mem + guest_abi::NET_RING_AREA_SIZE).min(guest_abi::MEM_MAX);
+    (total, total - guest_abi::NET_RING_AREA_SIZE)
 }

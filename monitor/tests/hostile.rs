@@ -55,6 +55,12 @@
 //! | net `block-call-on-net-handle` | BLOCK_WRITE and BLOCK_READ on the NIC's handle | EINVAL each, answered |
 //! | net `read-out-of-range`, `read-huge`, `write-out-of-range` | NET_READ at mem_size − 10 (1514 bytes), len 2^64 − 1; NET_WRITE at mem_size − 10 | refused, `invalid guest access` |
 //! | net `read-into-text`, `read-struct-in-rodata` | NET_READ buffer in .text; NET_READ struct in .rodata | refused: `(write to memory outside the guest's writable RAM)` |
+//! | net `ring-write-out-of-range`, `ring-read-out-of-range`, `ring-read-huge`, `ring-read-into-ring` | net ring entries: write at mem_size − 10; read at mem_size − 10, of 2^32 − 1 bytes, into the ring itself | refused by the I/O thread, which stops the vCPU: `net ring: invalid guest access: …` |
+//! | net `ring-read-into-text` | net ring read into .text | refused: `net ring: … (write to memory outside the guest's writable RAM)` |
+//! | net `ring-index-jump`, `ring-index-behind` | `ent_tail` 5000 ahead of the head; one behind it | refused: `net ring: ent_tail=… is more than 1024 entries ahead of ent_head=…` |
+//! | net `ring-bad-entries` | reads and writes on handles 0, 2, 63, 64, 2^32 − 1; operations 0 and 2^32 − 1; writes of 0, 13, MTU + 15 bytes | reads answered EINVAL, the rest dropped; every entry taken, answered |
+//! | net `ring-forged-host-indices` | the guest overwrites `ent_head` and `com_tail` (the host's), then posts a read | the tender keeps its own indices: `com_tail=1 ret=1` (AGAIN), answered |
+//! | net `ring-kick-storm` | 10,000 kicks of port 0x600 | nothing happens (KVM counts them on the eventfd), answered |
 //!
 //! Note: with no block (net) device attached, tender answers block (net) hypercalls with EINVAL;
 //! solo5-hvt does not register them then and ends the run (`Invalid guest hypercall: num=N`).
@@ -526,7 +532,8 @@ fn net_attacks() {
     let ns = NetNs::new("hostile");
     ns.tap("tap0", "10.0.0.1/24", 1500);
     let run_in_ns = |mode: &str| {
-        let output = ns.tender().args(["--mem=32", "--net:service=tap0", &g, mode]).output().unwrap();
+        // --timeout: a ring attack the tender failed to stop would otherwise spin for 10 s.
+        let output = ns.tender().args(["--mem=32", "--timeout=30", "--net:service=tap0", &g, mode]).output().unwrap();
         let code = status_of(mode, &output);
         let (_, out, err) = decode(output);
         Run { mode: mode.into(), code, out, err, disk_before: vec![], disk_after: vec![] }
@@ -545,12 +552,35 @@ fn net_attacks() {
         ("write-out-of-range", Refused(&["tender: invalid guest access: gpa=0x1fffff6, size=60, rip="])),
         ("read-into-text", Refused(READ_ONLY)),
         ("read-struct-in-rodata", Refused(READ_ONLY)),
+        ("ring-write-out-of-range", Refused(&["tender: net ring: invalid guest access: gpa=0x1fffff6, size=60, rip="])),
+        (
+            "ring-read-out-of-range",
+            Refused(&["tender: net ring: invalid guest access: gpa=0x1fffff6, size=1514, rip="]),
+        ),
+        ("ring-read-huge", Refused(&["tender: net ring: invalid guest access: gpa=", ", size=4294967295, rip="])),
+        ("ring-read-into-ring", Refused(&["tender: net ring: invalid guest access: gpa=0x2000000, size=1514, rip="])),
+        ("ring-read-into-text", Refused(&["tender: net ring: invalid guest access: gpa=0x10"])),
+        (
+            "ring-index-jump",
+            Refused(&["tender: net ring: ent_tail=0x1388 is more than 1024 entries ahead of ent_head=0x0"]),
+        ),
+        (
+            "ring-index-behind",
+            Refused(&["tender: net ring: ent_tail=0xffffffff is more than 1024 entries ahead of ent_head=0x0"]),
+        ),
+        ("ring-bad-entries", Answered(&["hostile-net: every entry taken\n"])),
+        ("ring-forged-host-indices", Answered(&["hostile-net: com_tail=1 ret=1\n"])),
+        ("ring-kick-storm", Answered(&[])),
     ];
     let mut failures: Vec<String> =
         cases.iter().filter_map(|(mode, want)| check(&run_in_ns(mode), want).err()).collect();
     let run = run_in_ns("wrong-handles");
     if check(&run, &Answered(&[])).is_err() || run.out.matches(": ret=2\n").count() != 6 {
         failures.push(run.context());
+    }
+    let run = run_in_ns("ring-bad-entries");
+    if run.out.matches("hostile-net: ring read ret=2\n").count() != 5 {
+        failures.push(format!("expected five EINVAL commits\n{}", run.context()));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 

@@ -56,6 +56,44 @@ fn flood_ping_of_10000_packets_loses_nothing() {
     assert!(err.contains("exiting on signal 15"), "{err}");
 }
 
+/// The JSON number after `"key":` in a report.
+fn report_number(report: &str, key: &str) -> u64 {
+    let at = report.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("no {key} in {report}")) + key.len() + 3;
+    report[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+}
+
+/// A flood ping through the shared net ring (the default), then through the hypercalls
+/// (`--no-ring`): no loss either way, and the report shows which path the frames took.
+#[test]
+fn flood_ping_through_the_net_ring_and_through_hypercalls() {
+    let g = ping_guest("ping");
+    let ns = NetNs::new("ring");
+    ns.tap("tap0", "10.0.0.1/24", 1500);
+    let dir = TempDir::new("ring");
+    for (ring, line) in [(None, "ping: net ring on"), (Some("--no-ring"), "ping: net ring off")] {
+        let report = dir.0.join("report.json");
+        let mut cmd = ns.tender();
+        cmd.arg(format!("--report={}", report.display()));
+        cmd.args(["--net", "tap0", &g, "--ipv4=10.0.0.2/24", "--count=5001"]).args(ring);
+        let guest = Running::spawn(cmd);
+        assert!(wait_for_ping(&ns, "10.0.0.2", 30), "guest never answered");
+        let out = ping(&ns, &["-f", "-c", "5000", "-W", "2", "10.0.0.2"]);
+        assert!(no_loss(&out, 5000), "{ring:?}: {out}");
+        let (code, out, err) = guest.wait();
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains(line), "{out}");
+        let report = std::fs::read_to_string(&report).unwrap();
+        assert!(report.contains("\"net_ring\":true"), "the tender offers the ring either way: {report}");
+        let (read_exits, write_exits) = (report_number(&report, "net_read"), report_number(&report, "net_write"));
+        assert!(report_number(&report, "read_ops") >= 5001 && report_number(&report, "write_ops") >= 5001, "{report}");
+        if ring.is_none() {
+            assert_eq!((read_exits, write_exits), (0, 0), "every frame went through the ring: {report}");
+        } else {
+            assert!(read_exits > 5000 && write_exits > 5000, "every frame was a hypercall: {report}");
+        }
+    }
+}
+
 #[test]
 fn two_nics_at_once() {
     let g = ping_guest("ping2");

@@ -53,6 +53,12 @@ pub struct Allowlist {
     pub epoll_fd: Option<RawFd>,
     /// The poll timer: `timerfd_settime`.
     pub timer_fd: Option<RawFd>,
+    /// The net ring's kick eventfd: `read` (the I/O thread sleeps on it) and `write` (the vCPU
+    /// thread wakes it to stop it).
+    pub ring_kick_fd: Option<RawFd>,
+    /// With a net ring, the tender's own pid: its I/O thread may `kill(pid, SIGUSR1)` to stop the
+    /// vCPU when the guest breaks the ring's rules.
+    pub ring_fault_pid: Option<u32>,
 }
 
 fn on_fd(fd: RawFd) -> SeccompRule {
@@ -87,10 +93,22 @@ impl Allowlist {
                 .collect();
             add(libc::SYS_ioctl, ioctls);
         }
-        let writable: Vec<RawFd> =
-            self.output_fds.iter().chain(&self.tap_fds).chain(&self.exit_file_fds).copied().collect();
+        let writable: Vec<RawFd> = self
+            .output_fds
+            .iter()
+            .chain(&self.tap_fds)
+            .chain(&self.exit_file_fds)
+            .chain(&self.ring_kick_fd)
+            .copied()
+            .collect();
         add(libc::SYS_write, fds(&writable));
-        add(libc::SYS_read, fds(&self.tap_fds));
+        let readable: Vec<RawFd> = self.tap_fds.iter().chain(&self.ring_kick_fd).copied().collect();
+        add(libc::SYS_read, fds(&readable));
+        if let Some(pid) = self.ring_fault_pid {
+            let own_usr1 =
+                rule(vec![cond(0, SeccompCmpOp::Eq, u64::from(pid)), cond(1, SeccompCmpOp::Eq, libc::SIGUSR1 as u64)]);
+            add(libc::SYS_kill, vec![own_usr1]);
+        }
         add(libc::SYS_pread64, fds(&self.block_fds));
         let pwritable: Vec<RawFd> = self.block_fds.iter().chain(&self.exit_file_fds).copied().collect();
         add(libc::SYS_pwrite64, fds(&pwritable));
@@ -116,7 +134,7 @@ impl Allowlist {
                 rule(vec![cond(0, SeccompCmpOp::Eq, libc::CLOCK_MONOTONIC as u64)]),
             ],
         );
-        // The end of the run, signal delivery (SIGINT/SIGTERM/SIGALRM handlers return through
+        // The end of the run, signal delivery (SIGINT/SIGTERM/SIGALRM/SIGUSR1 handlers return through
         // rt_sigreturn), and brk: the only way the allocator may grow the heap, for the error
         // messages of a failing run (the hot path allocates nothing; mmap stays forbidden).
         for nr in [libc::SYS_exit_group, libc::SYS_exit, libc::SYS_rt_sigreturn, libc::SYS_brk] {

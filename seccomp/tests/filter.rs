@@ -84,3 +84,53 @@ fn log_mode_allows_but_does_not_kill() {
         other => panic!("log mode must let the call through, got {other:?}"),
     }
 }
+
+/// The process the `kill` cases aim at (set before forking; fn pointers cannot capture).
+static KILL_TARGET: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+fn kill_target_usr1() -> i64 {
+    let pid = KILL_TARGET.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: kill(2) of a `sleep` the test started.
+    unsafe { libc::syscall(libc::SYS_kill, pid, libc::SIGUSR1) }
+}
+
+fn kill_target_sigkill() -> i64 {
+    let pid = KILL_TARGET.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_kill, pid, libc::SIGKILL) }
+}
+
+fn kill_init_usr1() -> i64 {
+    // SAFETY: the filter refuses it before the kernel sees it (that is what is tested).
+    unsafe { libc::syscall(libc::SYS_kill, 1, libc::SIGUSR1) }
+}
+
+/// With a net ring, `kill` is allowed for exactly one pid (tender's own) and SIGUSR1.
+#[test]
+fn kill_only_sigusr1_to_the_ring_pid() {
+    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+    KILL_TARGET.store(sleeper.id() as i32, std::sync::atomic::Ordering::SeqCst);
+    let allow = Allowlist { ring_fault_pid: Some(sleeper.id()), ..base() };
+    assert!(killed_by_sigsys(in_sandbox(&allow, Mode::Kill, kill_target_sigkill)), "another signal");
+    assert!(killed_by_sigsys(in_sandbox(&allow, Mode::Kill, kill_init_usr1)), "another pid");
+    assert!(killed_by_sigsys(in_sandbox(&base(), Mode::Kill, kill_target_usr1)), "no ring, no kill");
+    match in_sandbox(&allow, Mode::Kill, kill_target_usr1) {
+        WaitStatus::Exited(_, 1) => {}
+        other => panic!("kill(ring pid, SIGUSR1) must be allowed, got {other:?}"),
+    }
+    let status = sleeper.wait().expect("wait for sleep");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGUSR1), "the allowed kill went through");
+}
+
+/// With a net ring, its kick eventfd may be read and written; other fds stay closed to `read`.
+#[test]
+fn ring_kick_fd_is_readable_and_writable() {
+    let rules = Allowlist { ring_kick_fd: Some(42), ..base() }.rules();
+    let without = base().rules();
+    for nr in [libc::SYS_read, libc::SYS_write] {
+        let with_ring = rules.get(&nr).map_or(0, Vec::len);
+        let plain = without.get(&nr).map_or(0, Vec::len);
+        assert_eq!(with_ring, plain + 1, "one more fd for syscall {nr}");
+    }
+}

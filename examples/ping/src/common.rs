@@ -39,6 +39,7 @@ pub fn serve(names: &[&str]) -> i32 {
         }
     };
     let count: Option<u64> = rest.iter().find_map(|w| w.strip_prefix("--count=")).and_then(|n| n.parse().ok());
+    println!("ping: net ring {}", if guest_rt::ring::active() { "on" } else { "off" });
     let mut stacks = alloc::vec::Vec::new();
     for (name, ip) in names.iter().zip(&ips) {
         let nic = match NetDevice::open(name) {

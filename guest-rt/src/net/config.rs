@@ -1,6 +1,7 @@
 //! IP configuration from the command line, in MirageOS's spelling: `--ipv4=10.0.0.2/24`,
 //! `--ipv4-gateway=10.0.0.1`, or `--dhcp`. With several NICs, `--ipv4=` is given once per NIC,
-//! in manifest order.
+//! in manifest order. `--no-ring` makes the NICs use the NET_READ/NET_WRITE hypercalls even when
+//! the tender offers the shared net ring (see [`crate::ring`]).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -32,6 +33,8 @@ pub fn parse_args(cmdline: &str, nics: usize) -> Result<(Vec<IpConfig>, Vec<&str
             gateway = Some(v.parse().map_err(|_| alloc::format!("--ipv4-gateway={v}: bad address"))?);
         } else if word == "--dhcp" {
             dhcp = true;
+        } else if word == "--no-ring" {
+            crate::ring::disable();
         } else {
             rest.push(word);
         }
@@ -69,6 +72,7 @@ mod tests {
         let (c, _) = parse_args("--ipv4=10.0.0.2/24 --ipv4=10.0.1.2/24", 2).unwrap();
         assert_eq!(c.len(), 2);
         assert_eq!(parse_args("--dhcp", 2).unwrap().0, [IpConfig::Dhcp, IpConfig::Dhcp]);
+        assert!(parse_args("--dhcp --no-ring", 1).unwrap().1.is_empty(), "a network option");
         for bad in ["", "--ipv4=10.0.0.2", "--ipv4=10.0.0.300/24", "--ipv4=10.0.0.2/33", "--ipv4-gateway=x --dhcp"] {
             assert!(parse_args(bad, 1).is_err(), "{bad}");
         }

@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod net;
+pub mod net_ring;
 pub mod poll;
 
 use block::BlockDevice;

@@ -4,11 +4,10 @@
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use guest_abi::{HcNet, SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK};
+use guest_abi::{SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-use crate::memory::GuestRam;
-use crate::vm::HypercallError;
+use crate::memory::{GuestFault, GuestRam};
 
 /// Ethernet header length: frames may be up to MTU + this.
 pub const ETHERNET_HEADER: u64 = 14;
@@ -72,31 +71,47 @@ impl NetDevice {
         self.tap.as_raw_fd()
     }
 
-    /// NET_WRITE: one frame from guest memory to the tap.
-    pub fn write(&self, ram: &GuestRam, req: &HcNet) -> Result<i32, HypercallError> {
+    /// What NET_READ and NET_WRITE need, for the vCPU thread and the net ring's I/O thread.
+    pub fn io(&self) -> TapIo {
+        TapIo { fd: self.raw_fd(), mtu: self.mtu }
+    }
+}
+
+/// Frame I/O on a tap. Copyable so that the net ring's thread can hold one; the fd belongs to
+/// the [`NetDevice`], which lives until the process exits.
+#[derive(Clone, Copy, Debug)]
+pub struct TapIo {
+    fd: RawFd,
+    mtu: u16,
+}
+
+impl TapIo {
+    /// NET_WRITE: one frame of `len` bytes at `data` in guest memory to the tap. Returns the
+    /// result code for the guest.
+    pub fn write(&self, ram: &GuestRam, data: u64, len: u64) -> Result<i32, GuestFault> {
         // A frame has at least its Ethernet header and at most MTU bytes of payload after it.
-        if req.len < ETHERNET_HEADER || req.len > u64::from(self.mtu) + ETHERNET_HEADER {
+        if !(ETHERNET_HEADER..=u64::from(self.mtu) + ETHERNET_HEADER).contains(&len) {
             return Ok(SOLO5_R_EINVAL);
         }
-        let buf = ram.slice(req.data, req.len)?;
+        let buf = ram.slice(data, len)?;
         // SAFETY: `buf` is a checked range of guest RAM that stays mapped for this call; the
         // kernel only reads from it.
-        let n = unsafe { libc::write(self.raw_fd(), buf.ptr_guard().as_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::write(self.fd, buf.ptr_guard().as_ptr().cast(), buf.len()) };
         Ok(match n {
-            n if n as u64 == req.len => SOLO5_R_OK,
+            n if n as u64 == len => SOLO5_R_OK,
             n if n >= 0 => SOLO5_R_EUNSPEC,
             _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => SOLO5_R_AGAIN,
             _ => SOLO5_R_EUNSPEC,
         })
     }
 
-    /// NET_READ: at most one frame from the tap into guest memory. Returns the result code and
-    /// the frame length.
-    pub fn read(&self, ram: &GuestRam, req: &HcNet) -> Result<(i32, u64), HypercallError> {
-        let buf = ram.slice_mut(req.data, req.len)?;
+    /// NET_READ: at most one frame from the tap into the `len` bytes at `data`. Returns the
+    /// result code and the frame length.
+    pub fn read(&self, ram: &GuestRam, data: u64, len: u64) -> Result<(i32, u64), GuestFault> {
+        let buf = ram.slice_mut(data, len)?;
         // SAFETY: `buf` is a checked, host-writable range of guest RAM that stays mapped for
         // this call.
-        let n = unsafe { libc::read(self.raw_fd(), buf.ptr_guard_mut().as_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::read(self.fd, buf.ptr_guard_mut().as_ptr().cast(), buf.len()) };
         Ok(match n {
             n if n > 0 => (SOLO5_R_OK, n as u64),
             0 => (SOLO5_R_AGAIN, 0),

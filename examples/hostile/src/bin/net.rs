@@ -1,9 +1,16 @@
-//! Attacks on the net hypercalls (needs a net device `service`), one per run like `hostile`:
-//! when the tender answers, the guest prints what it got and exits 42.
+//! Attacks on the net hypercalls and on the shared net ring (needs a net device `service`), one
+//! per run like `hostile`: when the tender answers, the guest prints what it got and exits 42.
+//! The `ring-*` attacks write the ring directly, the way a broken or hostile runtime could.
 #![no_std]
 #![no_main]
 
-use guest_rt::abi::{HcBlock, HcNet, Hypercall};
+use core::sync::atomic::{AtomicU32, Ordering, fence};
+
+use guest_rt::abi::{
+    HcBlock, HcNet, Hypercall, NET_RING_COM_HEAD, NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD,
+    NET_RING_ENT_TAIL, NET_RING_ENTRIES, NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK,
+    NET_RING_OP_READ, NET_RING_OP_WRITE, NetRingCommit, NetRingEntry,
+};
 use guest_rt::hypercall::hypercall;
 use guest_rt::{NetDevice, println};
 
@@ -45,6 +52,132 @@ fn block_raw(nr: Hypercall, handle: u64, data: u64, len: u64) -> i32 {
     arg.ret
 }
 
+/// The ring at `base`, driven by hand.
+#[derive(Clone, Copy)]
+struct RawRing(u64);
+
+impl RawRing {
+    fn index(self, offset: usize) -> &'static AtomicU32 {
+        // SAFETY: the tender maps the ring at `base` for the whole run (it offered it).
+        unsafe { &*((self.0 as usize + offset) as *const AtomicU32) }
+    }
+
+    /// Posts `entries` one after the other and kicks the tender if it sleeps.
+    fn post(self, entries: &[NetRingEntry]) {
+        let mut tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
+        for e in entries {
+            let at = self.0 as usize + NET_RING_ENTRIES_OFFSET + (tail % NET_RING_ENTRIES) as usize * 32;
+            // SAFETY: an entry slot inside the ring.
+            unsafe { (at as *mut NetRingEntry).write_volatile(*e) };
+            tail = tail.wrapping_add(1);
+        }
+        self.publish(tail);
+    }
+
+    fn publish(self, tail: u32) {
+        self.index(NET_RING_ENT_TAIL).store(tail, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.index(NET_RING_NEEDS_KICK).load(Ordering::Relaxed) != 0 {
+            kick();
+        }
+    }
+
+    /// Waits (at most ~10 s) until the tender has taken every posted entry.
+    fn wait_taken(self) -> bool {
+        let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
+        let deadline = guest_rt::monotonic_ns() + 10_000_000_000;
+        while self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire) != tail {
+            if guest_rt::monotonic_ns() > deadline {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn commit(self, n: u32) -> NetRingCommit {
+        let at = self.0 as usize + NET_RING_COMMITS_OFFSET + (n % NET_RING_ENTRIES) as usize * 16;
+        // SAFETY: a commit slot inside the ring.
+        unsafe { (at as *const NetRingCommit).read_volatile() }
+    }
+}
+
+fn kick() {
+    // SAFETY: the kick port; KVM signals the tender's eventfd.
+    unsafe { core::arch::asm!("out dx, eax", in("dx") NET_RING_KICK_PORT, in("eax") 0u32, options(nostack)) };
+}
+
+fn entry(operation: u32, handle: u64, data: u64, len: u32) -> NetRingEntry {
+    NetRingEntry { operation, handle: handle as u32, data, len, ..Default::default() }
+}
+
+/// A ring attack that the tender must end: the guest spins until it is stopped.
+fn until_stopped() -> i32 {
+    let deadline = guest_rt::monotonic_ns() + 10_000_000_000;
+    while guest_rt::monotonic_ns() < deadline {}
+    println!("hostile-net: still running 10 s after the attack");
+    5
+}
+
+fn ring_attack(attack: &str, ring: RawRing, h: u64, p: u64, mem: u64, max: u64) -> i32 {
+    let (write, read) = (NET_RING_OP_WRITE, NET_RING_OP_READ);
+    match attack {
+        "ring-write-out-of-range" => ring.post(&[entry(write, h, mem - 10, 60)]),
+        "ring-read-out-of-range" => ring.post(&[entry(read, h, mem - 10, 1514)]),
+        "ring-read-huge" => ring.post(&[entry(read, h, p, u32::MAX)]),
+        "ring-read-into-text" => ring.post(&[entry(read, h, main as fn() -> i32 as usize as u64, 1514)]),
+        "ring-read-into-ring" => ring.post(&[entry(read, h, ring.0, 1514)]),
+        // The tail a whole ring and more ahead of the head.
+        "ring-index-jump" => ring.publish(ring.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed).wrapping_add(5000)),
+        "ring-index-behind" => ring.publish(ring.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed).wrapping_sub(1)),
+        // Reads on bad handles are answered EINVAL; writes on them, unknown operations and
+        // frames of impossible sizes are dropped; the ring goes on.
+        "ring-bad-entries" => {
+            let bad = [0u64, h + 1, 63, 64, u64::from(u32::MAX)];
+            let mut entries: [NetRingEntry; 15] = Default::default();
+            for (i, b) in bad.iter().enumerate() {
+                entries[i] = entry(read, *b, p, 1514);
+                entries[5 + i] = entry(write, *b, p, 60);
+            }
+            entries[10] = entry(0, h, p, 60);
+            entries[11] = entry(u32::MAX, h, p, 60);
+            entries[12] = entry(write, h, p, 0);
+            entries[13] = entry(write, h, p, 13);
+            entries[14] = entry(write, h, p, max as u32 + 1);
+            let first_commit = ring.index(NET_RING_COM_HEAD).load(Ordering::Relaxed);
+            ring.post(&entries);
+            if !ring.wait_taken() {
+                return 6;
+            }
+            for i in 0..5 {
+                println!("hostile-net: ring read ret={}", ring.commit(first_commit + i).ret);
+            }
+            println!("hostile-net: every entry taken");
+        }
+        // The host-owned indices overwritten: the tender keeps its own and answers a read where
+        // its own count says.
+        "ring-forged-host-indices" => {
+            ring.index(NET_RING_ENT_HEAD).store(0x1234_5678, Ordering::Relaxed);
+            ring.index(NET_RING_COM_TAIL).store(0xdead_beef, Ordering::Relaxed);
+            ring.post(&[entry(read, h, p, 1514)]);
+            let deadline = guest_rt::monotonic_ns() + 10_000_000_000;
+            while ring.index(NET_RING_COM_TAIL).load(Ordering::Acquire) == 0xdead_beef {
+                if guest_rt::monotonic_ns() > deadline {
+                    return 6;
+                }
+            }
+            let c = ring.commit(0);
+            println!("hostile-net: com_tail={} ret={}", ring.index(NET_RING_COM_TAIL).load(Ordering::Relaxed), c.ret);
+        }
+        "ring-kick-storm" => (0..10_000).for_each(|_| kick()),
+        _ => return 2,
+    }
+    if attack.ends_with("out-of-range") || attack.starts_with("ring-read-") || attack.starts_with("ring-index-") {
+        return until_stopped();
+    }
+    println!("hostile-net: the tender answered and the guest goes on");
+    ANSWERED
+}
+
 fn main() -> i32 {
     let Ok(nic) = NetDevice::open("service") else { return 3 };
     let mem = guest_rt::mem_size();
@@ -58,6 +191,13 @@ fn main() -> i32 {
     let max = nic.max_frame() as u64;
     let attack = guest_rt::cmdline().split_whitespace().next().unwrap_or("");
     println!("hostile-net: {attack}");
+    if attack.starts_with("ring-") {
+        let Some(base) = guest_rt::ring::address() else {
+            println!("hostile-net: the tender offers no net ring");
+            return 7;
+        };
+        return ring_attack(attack, RawRing(base), h, p, mem, max);
+    }
     match attack {
         // Frame lengths: over MTU + 14, exactly that (allowed), under an Ethernet header, 0, and
         // a length no buffer has (EINVAL before the buffer is even looked at).

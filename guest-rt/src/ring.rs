@@ -1,0 +1,157 @@
+//! The guest side of the shared net ring (ABI section 9), which [`NetDevice`](crate::NetDevice)
+//! uses when the tender offers it. Sending copies the frame to a slot of ours and posts it: no
+//! exit, unless the tender's I/O thread has gone to sleep and asked for a kick (port 0x600,
+//! handled inside KVM). Receiving posts a read and spins at CPL 3 until the tender commits it.
+//! Frames larger than a slot use the NET_WRITE hypercall, after the posted ones have left, so
+//! frames keep their order.
+//!
+//! The same code runs on solo5-hvt, which implements the same ring.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
+
+use guest_abi::{
+    HVT_FEATURE_RING_IO, NET_RING_COM_HEAD, NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD,
+    NET_RING_ENT_TAIL, NET_RING_ENTRIES, NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK,
+    NET_RING_OP_READ, NET_RING_OP_WRITE, NET_RING_SLOT_SIZE, NetRingCommit, NetRingEntry,
+};
+
+use crate::boot::boot_info;
+
+/// Frames in flight at most. Entries in flight are fewer than this, so the slot of the entry
+/// being posted (`ent_tail % SLOTS`) is never one the tender has yet to read.
+const SLOTS: u32 = 256;
+const _: () = assert!(SLOTS <= NET_RING_ENTRIES && NET_RING_ENTRIES.is_multiple_of(SLOTS));
+
+struct Slots(UnsafeCell<[[u8; NET_RING_SLOT_SIZE]; SLOTS as usize]>);
+// SAFETY: guest-rt runs on one vCPU with no threads and no interrupt handlers that send.
+unsafe impl Sync for Slots {}
+static SLOT_BUFFERS: Slots = Slots(UnsafeCell::new([[0; NET_RING_SLOT_SIZE]; SLOTS as usize]));
+
+static DISABLED: AtomicBool = AtomicBool::new(false);
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Makes every later send and receive use the hypercalls even when the tender offers the ring
+/// (to compare the two, or to test the hypercall path).
+pub fn disable() {
+    DISABLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether sends and receives go through the ring.
+pub fn active() -> bool {
+    ring().is_some()
+}
+
+/// Where the tender put the ring, if it offers one (for code that drives the ring itself).
+pub fn address() -> Option<u64> {
+    let info = boot_info();
+    (info.host_features & HVT_FEATURE_RING_IO != 0 && info.net_ring != 0).then_some(info.net_ring)
+}
+
+#[derive(Clone, Copy)]
+struct Ring(*mut u8);
+
+fn ring() -> Option<Ring> {
+    address().filter(|_| !DISABLED.load(Ordering::Relaxed)).map(|a| Ring(a as *mut u8))
+}
+
+impl Ring {
+    fn index(self, offset: usize) -> &'static AtomicU32 {
+        // SAFETY: the tender maps the ring (NET_RING_SIZE bytes, 64-byte aligned indices) at
+        // `net_ring` for the whole run, and guest-rt's page tables keep it mapped for CPL 3. The
+        // host writes the indices with atomic stores too.
+        unsafe { &*self.0.add(offset).cast::<AtomicU32>() }
+    }
+
+    /// Room for one more entry (`limit` entries in flight at most).
+    fn wait_for_room(self, limit: u32) -> u32 {
+        let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
+        while tail.wrapping_sub(self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire)) >= limit - 1 {
+            core::hint::spin_loop();
+        }
+        tail
+    }
+
+    /// Writes the entry at `tail`, publishes it, and kicks the tender if it is asleep.
+    fn post(self, tail: u32, entry: NetRingEntry) {
+        let at = NET_RING_ENTRIES_OFFSET + (tail % NET_RING_ENTRIES) as usize * size_of::<NetRingEntry>();
+        // SAFETY: inside the ring (see `index`); the tender reads this entry only after the
+        // release store of `ent_tail` below.
+        unsafe { self.0.add(at).cast::<NetRingEntry>().write_volatile(entry) };
+        self.index(NET_RING_ENT_TAIL).store(tail.wrapping_add(1), Ordering::Release);
+        // Store-load barrier (mfence), paired with the tender's "needs_kick = 1; mfence; look at
+        // ent_tail": one of the two sides sees the other's store.
+        fence(Ordering::SeqCst);
+        if self.index(NET_RING_NEEDS_KICK).load(Ordering::Relaxed) != 0 {
+            // SAFETY: an `out` to the kick port, which the TSS opens for CPL 3; KVM turns it into
+            // an eventfd signal without touching guest state.
+            unsafe {
+                core::arch::asm!("out dx, eax", in("dx") NET_RING_KICK_PORT, in("eax") 0u32, options(nostack, preserves_flags))
+            };
+        }
+    }
+
+    /// Waits until the tender has carried out every posted entry.
+    fn drain(self) {
+        let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
+        while self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire) != tail {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+fn next_id() -> u32 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Posts `frame` for device `handle`; `None` when it must go by hypercall (no ring, or too big).
+pub(crate) fn send(handle: u64, frame: &[u8]) -> Option<i32> {
+    let ring = ring()?;
+    if frame.len() > NET_RING_SLOT_SIZE {
+        ring.drain();
+        return None;
+    }
+    let tail = ring.wait_for_room(SLOTS);
+    let slot = (tail % SLOTS) as usize;
+    // SAFETY: fewer than SLOTS entries are in flight (`wait_for_room`), so the tender is done with
+    // this slot; nothing else in the guest touches the slots.
+    let buf = unsafe { &mut (*SLOT_BUFFERS.0.get())[slot] };
+    buf[..frame.len()].copy_from_slice(frame);
+    let entry = NetRingEntry {
+        operation: NET_RING_OP_WRITE,
+        handle: handle as u32,
+        data: buf.as_ptr() as u64,
+        len: frame.len() as u32,
+        id: next_id(),
+        _reserved: 0,
+    };
+    ring.post(tail, entry);
+    Some(guest_abi::SOLO5_R_OK)
+}
+
+/// Receives one frame for device `handle` into `buf` through the ring: (result code, length).
+/// `None` when there is no ring.
+pub(crate) fn recv(handle: u64, buf: &mut [u8]) -> Option<(i32, usize)> {
+    let ring = ring()?;
+    let tail = ring.wait_for_room(NET_RING_ENTRIES);
+    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+    let entry = NetRingEntry {
+        operation: NET_RING_OP_READ,
+        handle: handle as u32,
+        data: buf.as_mut_ptr() as u64,
+        len,
+        id: next_id(),
+        _reserved: 0,
+    };
+    let head = ring.index(NET_RING_COM_HEAD).load(Ordering::Relaxed);
+    ring.post(tail, entry);
+    while ring.index(NET_RING_COM_TAIL).load(Ordering::Acquire) == head {
+        core::hint::spin_loop();
+    }
+    let at = NET_RING_COMMITS_OFFSET + (head % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
+    // SAFETY: inside the ring; the tender wrote this commit before its release store of
+    // `com_tail`, which the acquire load above saw.
+    let commit = unsafe { ring.0.add(at).cast::<NetRingCommit>().read_volatile() };
+    ring.index(NET_RING_COM_HEAD).store(head.wrapping_add(1), Ordering::Release);
+    Some((commit.ret, (commit.len as usize).min(buf.len())))
+}

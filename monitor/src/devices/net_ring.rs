@@ -1,0 +1,304 @@
+//! The shared-memory net ring (ABI section 9). The guest posts NET_WRITE and NET_READ entries to
+//! a ring at `boot_info.net_ring` and an I/O thread of the tender carries them out, so a frame
+//! costs no VM exit while the thread is awake. When the thread has looked at an empty ring for a
+//! while it sets `needs_kick` and sleeps on an eventfd, which KVM signals when the guest writes
+//! port 0x600 (an ioeventfd: the kick never reaches the tender's run loop).
+//!
+//! The ring is guest memory: the guest can change any of it at any time. So the thread keeps its
+//! own copies of the indices it owns, copies each entry out once before looking at it, and checks
+//! every buffer exactly as the hypercalls do ([`TapIo`]). A buffer outside guest memory or an
+//! index more than a ring ahead ends the run as a guest fault: the thread records it, stops, and
+//! sends SIGUSR1 to the process, which interrupts the vCPU (see `signals`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use guest_abi::{
+    NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD, NET_RING_ENT_TAIL, NET_RING_ENTRIES,
+    NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK, NET_RING_OP_READ, NET_RING_OP_WRITE,
+    NET_RING_SIZE, NET_RING_SPIN_ITERS, NetRingCommit, NetRingEntry, SOLO5_R_EINVAL, SOLO5_R_OK,
+};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::net::TapIo;
+use crate::memory::{Abi, GuestFault, GuestRam};
+
+/// How long the vCPU thread waits for the I/O thread to finish the guest's last writes.
+const STOP_GRACE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("cannot create the kick eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error("KVM_IOEVENTFD failed: {0}")]
+    IoEvent(kvm_ioctls::Error),
+    #[error("cannot start the I/O thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the ring does not fit in guest memory")]
+    Placement,
+}
+
+/// A guest that broke the ring's rules. Ends the run (exit 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RingFault {
+    #[error("net ring: {0}")]
+    Access(GuestFault),
+    #[error("net ring: ent_tail={tail:#x} is more than {NET_RING_ENTRIES} entries ahead of ent_head={head:#x}")]
+    Index { head: u32, tail: u32 },
+}
+
+/// Traffic of one handle, counted by the thread (frames and bytes that went through).
+#[derive(Default)]
+pub struct Counters {
+    pub read_ops: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub write_ops: AtomicU64,
+    pub write_bytes: AtomicU64,
+}
+
+/// What the two threads share. Only atomics: no lock may ever need a futex under seccomp.
+struct Shared {
+    ready: AtomicBool,
+    stop: AtomicBool,
+    stopped: AtomicBool,
+    /// 0: none; 1: read access; 2: write access; 3: index. `fault_a`/`fault_b` are stored first.
+    fault_kind: AtomicU8,
+    fault_a: AtomicU64,
+    fault_b: AtomicU64,
+    counters: Vec<Counters>,
+    /// Our pid, for the SIGUSR1 (getpid is not on the allowlist).
+    pid: libc::pid_t,
+}
+
+impl Shared {
+    fn record(&self, fault: RingFault) {
+        let (kind, a, b) = match fault {
+            RingFault::Access(f) => (if f.write { 2 } else { 1 }, f.gpa, f.len),
+            RingFault::Index { head, tail } => (3, u64::from(head), u64::from(tail)),
+        };
+        self.fault_a.store(a, Ordering::Relaxed);
+        self.fault_b.store(b, Ordering::Relaxed);
+        self.fault_kind.store(kind, Ordering::Release);
+    }
+
+    fn fault(&self) -> Option<RingFault> {
+        let kind = self.fault_kind.load(Ordering::Acquire);
+        let (a, b) = (self.fault_a.load(Ordering::Relaxed), self.fault_b.load(Ordering::Relaxed));
+        match kind {
+            1 | 2 => Some(RingFault::Access(GuestFault { gpa: a, len: b, write: kind == 2 })),
+            3 => Some(RingFault::Index { head: a as u32, tail: b as u32 }),
+            _ => None,
+        }
+    }
+}
+
+/// The running ring: its I/O thread and the eventfd that wakes it.
+pub struct NetRing {
+    shared: Arc<Shared>,
+    kick: Arc<EventFd>,
+}
+
+impl NetRing {
+    /// Registers the kick port and starts the I/O thread for the ring at `gpa`, which must lie
+    /// in the mapping above the guest-visible memory. `taps[h]` serves handle `h`.
+    pub fn start(vm: &VmFd, ram: &GuestRam, gpa: u64, taps: Vec<Option<TapIo>>) -> Result<Self, RingError> {
+        let ring_end = gpa.checked_add(NET_RING_SIZE as u64).ok_or(RingError::Placement)?;
+        if gpa < ram.limit() || ring_end > ram.total() {
+            return Err(RingError::Placement);
+        }
+        // Blocking: the thread sleeps in read() until a kick or a stop.
+        let kick = EventFd::new(libc::EFD_CLOEXEC).map_err(RingError::EventFd)?;
+        vm.register_ioevent(&kick, &IoEventAddress::Pio(u64::from(NET_RING_KICK_PORT)), NoDatamatch)
+            .map_err(RingError::IoEvent)?;
+        let kick = Arc::new(kick);
+        let shared = Arc::new(Shared {
+            ready: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            fault_kind: AtomicU8::new(0),
+            fault_a: AtomicU64::new(0),
+            fault_b: AtomicU64::new(0),
+            counters: taps.iter().map(|_| Counters::default()).collect(),
+            pid: std::process::id() as libc::pid_t,
+        });
+        let (thread_shared, thread_kick, thread_ram) = (shared.clone(), kick.clone(), ram.clone());
+        std::thread::Builder::new()
+            .name("tender-net-ring".into())
+            .spawn(move || io_thread(&thread_ram, gpa, &taps, &thread_shared, &thread_kick))
+            .map_err(RingError::Thread)?;
+        // The thread must be past its start-up (stack guard, signal stack, signal mask) before
+        // the seccomp filter goes on, and it never returns: thread exit would need munmap/futex.
+        while !shared.ready.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        Ok(NetRing { shared, kick })
+    }
+
+    /// The eventfd, which the vCPU thread writes to stop the I/O thread (for the allowlist).
+    pub fn kick_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.kick.as_raw_fd()
+    }
+
+    /// The fault the thread found, if any.
+    pub fn fault(&self) -> Option<RingFault> {
+        self.shared.fault()
+    }
+
+    /// Per-handle traffic that went through the ring.
+    pub fn counters(&self) -> &[Counters] {
+        &self.shared.counters
+    }
+
+    /// Stops the thread once it has carried out what the guest posted before the vCPU stopped
+    /// (a reply written just before HALT still leaves). Waits at most [`STOP_GRACE`].
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        let _ = self.kick.write(1);
+        let deadline = Instant::now() + STOP_GRACE;
+        while !self.shared.stopped.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn io_thread(ram: &GuestRam, gpa: u64, taps: &[Option<TapIo>], shared: &Shared, kick: &EventFd) {
+    // Signals are for the vCPU thread: its handler sets `immediate_exit` on the vCPU.
+    let _ = nix::sys::signal::SigSet::all().thread_block();
+    let ring = ram.inner().get_slice(GuestAddress(gpa), NET_RING_SIZE);
+    shared.ready.store(true, Ordering::Release);
+    if let Ok(ring) = ring {
+        let mut worker = Worker { ring, ram, taps, shared, ent_head: 0, com_tail: 0 };
+        worker.serve(kick);
+    }
+    shared.stopped.store(true, Ordering::Release);
+    // Parked for good: the process ends with exit_group, which takes this thread along.
+    loop {
+        let _ = kick.read();
+    }
+}
+
+struct Worker<'a> {
+    ring: VolatileSlice<'a, ()>,
+    ram: &'a GuestRam,
+    taps: &'a [Option<TapIo>],
+    shared: &'a Shared,
+    /// The host's indices. The copies in the ring are for the guest to read; the guest could
+    /// overwrite those, so they are never read back.
+    ent_head: u32,
+    com_tail: u32,
+}
+
+impl Worker<'_> {
+    fn serve(&mut self, kick: &EventFd) {
+        while self.wait_for_work(kick) {
+            if let Err(fault) = self.process() {
+                self.shared.record(fault);
+                // SAFETY: kill(2) of our own process; this thread blocks every signal, so the
+                // vCPU thread takes it, and its handler only records it and stops the vCPU.
+                unsafe { libc::kill(self.shared.pid, libc::SIGUSR1) };
+                return;
+            }
+        }
+        // The vCPU has stopped: carry out the writes it posted last. A fault now changes nothing.
+        let _ = self.process();
+    }
+
+    /// Spins a while, then asks for a kick and sleeps. False once told to stop.
+    fn wait_for_work(&self, kick: &EventFd) -> bool {
+        loop {
+            for _ in 0..NET_RING_SPIN_ITERS {
+                if self.shared.stop.load(Ordering::Acquire) {
+                    return false;
+                }
+                if self.pending() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            self.store(NET_RING_NEEDS_KICK, 1);
+            // Store-load barrier (mfence): pairs with the guest's "store ent_tail; mfence; load
+            // needs_kick", so that one side always sees the other's store.
+            fence(Ordering::SeqCst);
+            if !self.pending() && !self.shared.stop.load(Ordering::Acquire) {
+                let _ = kick.read();
+            }
+            self.store(NET_RING_NEEDS_KICK, 0);
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.load(NET_RING_ENT_TAIL) != self.ent_head
+    }
+
+    fn load(&self, offset: usize) -> u32 {
+        // The offsets are constants inside the slice, which `start` checked.
+        self.ring.load(offset, Ordering::Acquire).unwrap_or(0)
+    }
+
+    fn store(&self, offset: usize, value: u32) {
+        let _ = self.ring.store(value, offset, Ordering::Release);
+    }
+
+    /// Carries out every entry posted so far.
+    fn process(&mut self) -> Result<(), RingFault> {
+        let tail = self.load(NET_RING_ENT_TAIL);
+        if tail.wrapping_sub(self.ent_head) > NET_RING_ENTRIES {
+            return Err(RingFault::Index { head: self.ent_head, tail });
+        }
+        while self.ent_head != tail {
+            let slot = (self.ent_head % NET_RING_ENTRIES) as usize;
+            let entry = self
+                .ring
+                .read_obj::<Abi<NetRingEntry>>(NET_RING_ENTRIES_OFFSET + slot * size_of::<NetRingEntry>())
+                .map(|e| e.0)
+                .unwrap_or_default();
+            let tap = self.taps.get(entry.handle as usize).copied().flatten();
+            let (data, len) = (entry.data, u64::from(entry.len));
+            match entry.operation {
+                NET_RING_OP_WRITE => {
+                    // Fire and forget: a frame the tap refuses is dropped, as a NIC would.
+                    if let Some(tap) = tap
+                        && tap.write(self.ram, data, len).map_err(RingFault::Access)? == SOLO5_R_OK
+                    {
+                        self.count(entry.handle, false, len);
+                    }
+                    self.ent_head = self.ent_head.wrapping_add(1);
+                }
+                NET_RING_OP_READ => {
+                    let (ret, got) = match tap {
+                        Some(tap) => tap.read(self.ram, data, len).map_err(RingFault::Access)?,
+                        None => (SOLO5_R_EINVAL, 0),
+                    };
+                    if ret == SOLO5_R_OK {
+                        self.count(entry.handle, true, got);
+                    }
+                    let commit = NetRingCommit { id: entry.id, ret, len: got as u32, _reserved: 0 };
+                    let at = NET_RING_COMMITS_OFFSET
+                        + (self.com_tail % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
+                    let _ = self.ring.write_obj(Abi(commit), at);
+                    self.ent_head = self.ent_head.wrapping_add(1);
+                    self.com_tail = self.com_tail.wrapping_add(1);
+                    // The commit is written before the index that publishes it (release).
+                    self.store(NET_RING_ENT_HEAD, self.ent_head);
+                    self.store(NET_RING_COM_TAIL, self.com_tail);
+                }
+                // Unknown operations are skipped, as solo5-hvt does.
+                _ => self.ent_head = self.ent_head.wrapping_add(1),
+            }
+        }
+        self.store(NET_RING_ENT_HEAD, self.ent_head);
+        Ok(())
+    }
+
+    fn count(&self, handle: u32, read: bool, bytes: u64) {
+        if let Some(c) = self.shared.counters.get(handle as usize) {
+            let (ops, total) = if read { (&c.read_ops, &c.read_bytes) } else { (&c.write_ops, &c.write_bytes) };
+            ops.fetch_add(1, Ordering::Relaxed);
+            total.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
