@@ -49,8 +49,12 @@ fn main() -> ExitCode {
     for w in &vm.warnings {
         say!("tender: warning: {w}");
     }
+    let setup_warnings = vm.warnings.len();
     let exit_files: Vec<i32> = report.iter().map(ReportFile::fd).collect();
     let end = vm.run(&exit_files);
+    for w in &vm.warnings[setup_warnings..] {
+        say!("tender: warning: {w}");
+    }
     match &end {
         RunEnd::Halted { trap: Some(t), status } => say!(
             "tender: guest aborted (status {status}) on a CPU exception{}: rip={:#x} rsp={:#x} error={:#x} cr2={:#x}",

@@ -136,7 +136,8 @@ pub struct Vm {
     core: Option<CoreDump>,
     started: Instant,
     pub stats: Stats,
-    /// Setup problems that did not stop the run (the net ring falling back to hypercalls).
+    /// Problems that did not stop the run: the net ring falling back to hypercalls (setup), its
+    /// thread not stopping in time (end of the run).
     pub warnings: Vec<String>,
 }
 
@@ -167,6 +168,7 @@ impl Vm {
         let mut ram = GuestRam::new(total, limit)?;
         boot::load_kernel(&mut ram, &kernel, &image)?;
         let machine = Machine::new(&ram)?;
+        // After load_kernel: the ring's thread takes a copy of `ram` with its read-only ranges.
         let ring = if has_net {
             let taps = devices.iter().map(|d| if let Device::Net(n) = d { Some(n.io()) } else { None }).collect();
             NetRing::start(&machine.vm, &ram, limit, taps)
@@ -246,7 +248,10 @@ impl Vm {
         }
         let end = self.run_loop();
         if let Some(ring) = &self.ring {
-            ring.stop();
+            if !ring.stop() {
+                self.warnings
+                    .push("the net ring's I/O thread did not stop in time: frames sent last may be lost".into());
+            }
             for (stats, counters) in self.stats.devices.iter_mut().zip(ring.counters()) {
                 stats.read_ops += counters.read_ops.load(Ordering::Relaxed);
                 stats.read_bytes += counters.read_bytes.load(Ordering::Relaxed);

@@ -102,8 +102,11 @@ pub struct NetRing {
 }
 
 impl NetRing {
-    /// Registers the kick port and starts the I/O thread for the ring at `gpa`, which must lie
-    /// in the mapping above the guest-visible memory. `taps[h]` serves handle `h`.
+    /// Routes the guest's kicks (port 0x600) to a new I/O thread for the ring at `gpa`, which
+    /// must lie in the mapping above the guest-visible memory; `taps[h]` serves handle `h`.
+    /// Returns once the thread is past its start-up (stack guard, signal stack, signal mask): the
+    /// seccomp filter goes on next, and the thread never returns, as thread exit would need
+    /// munmap and futex.
     pub fn start(vm: &VmFd, ram: &GuestRam, gpa: u64, taps: Vec<Option<TapIo>>) -> Result<Self, RingError> {
         let ring_end = gpa.checked_add(NET_RING_SIZE as u64).ok_or(RingError::Placement)?;
         if gpa < ram.limit() || ring_end > ram.total() {
@@ -111,8 +114,8 @@ impl NetRing {
         }
         // Blocking: the thread sleeps in read() until a kick or a stop.
         let kick = EventFd::new(libc::EFD_CLOEXEC).map_err(RingError::EventFd)?;
-        vm.register_ioevent(&kick, &IoEventAddress::Pio(u64::from(NET_RING_KICK_PORT)), NoDatamatch)
-            .map_err(RingError::IoEvent)?;
+        let port = IoEventAddress::Pio(u64::from(NET_RING_KICK_PORT));
+        vm.register_ioevent(&kick, &port, NoDatamatch).map_err(RingError::IoEvent)?;
         let kick = Arc::new(kick);
         let shared = Arc::new(Shared {
             ready: AtomicBool::new(false),
@@ -129,8 +132,6 @@ impl NetRing {
             .name("tender-net-ring".into())
             .spawn(move || io_thread(&thread_ram, gpa, &taps, &thread_shared, &thread_kick))
             .map_err(RingError::Thread)?;
-        // The thread must be past its start-up (stack guard, signal stack, signal mask) before
-        // the seccomp filter goes on, and it never returns: thread exit would need munmap/futex.
         while !shared.ready.load(Ordering::Acquire) {
             std::thread::yield_now();
         }
@@ -154,14 +155,27 @@ impl NetRing {
     }
 
     /// Stops the thread once it has carried out what the guest posted before the vCPU stopped
-    /// (a reply written just before HALT still leaves). Waits at most [`STOP_GRACE`].
-    pub fn stop(&self) {
+    /// (a reply written just before HALT still leaves). Waits at most [`STOP_GRACE`]; false if
+    /// the thread had not stopped by then.
+    pub fn stop(&self) -> bool {
         self.shared.stop.store(true, Ordering::Release);
         let _ = self.kick.write(1);
         let deadline = Instant::now() + STOP_GRACE;
-        while !self.shared.stopped.load(Ordering::Acquire) && Instant::now() < deadline {
+        while !self.shared.stopped.load(Ordering::Acquire) {
+            if Instant::now() > deadline {
+                return false;
+            }
             std::hint::spin_loop();
         }
+        true
+    }
+}
+
+impl Drop for NetRing {
+    /// For library users that drop a `Vm`: the thread stops touching the guest's taps. (tender
+    /// itself never drops: it ends the process from inside the sandbox.)
+    fn drop(&mut self) {
+        let _ = self.stop();
     }
 }
 
@@ -194,7 +208,11 @@ struct Worker<'a> {
 
 impl Worker<'_> {
     fn serve(&mut self, kick: &EventFd) {
-        while self.wait_for_work(kick) {
+        // No spinning before the guest has posted anything: the vCPU thread is still setting
+        // up the VM, and on a small host the spinning would slow it down.
+        let mut spins = 0;
+        while self.wait_for_work(kick, spins) {
+            spins = NET_RING_SPIN_ITERS;
             if let Err(fault) = self.process() {
                 self.shared.record(fault);
                 // SAFETY: kill(2) of our own process; this thread blocks every signal, so the
@@ -207,10 +225,10 @@ impl Worker<'_> {
         let _ = self.process();
     }
 
-    /// Spins a while, then asks for a kick and sleeps. False once told to stop.
-    fn wait_for_work(&self, kick: &EventFd) -> bool {
+    /// Spins `spins` times, then asks for a kick and sleeps. False once told to stop.
+    fn wait_for_work(&self, kick: &EventFd, spins: u32) -> bool {
         loop {
-            for _ in 0..NET_RING_SPIN_ITERS {
+            for _ in 0..spins {
                 if self.shared.stop.load(Ordering::Acquire) {
                     return false;
                 }
@@ -218,6 +236,9 @@ impl Worker<'_> {
                     return true;
                 }
                 std::hint::spin_loop();
+            }
+            if self.shared.stop.load(Ordering::Acquire) {
+                return false;
             }
             self.store(NET_RING_NEEDS_KICK, 1);
             // Store-load barrier (mfence): pairs with the guest's "store ent_tail; mfence; load
@@ -227,6 +248,9 @@ impl Worker<'_> {
                 let _ = kick.read();
             }
             self.store(NET_RING_NEEDS_KICK, 0);
+            if self.pending() {
+                return true;
+            }
         }
     }
 
