@@ -14,7 +14,9 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --release --workspace -q
+cargo build-static -q
 T=target/release/tender
+S=target/x86_64-unknown-linux-gnu/release/tender
 img=$(mktemp /tmp/tender-bench.XXXXXX)
 trap 'rm -f "$img"' EXIT
 dd if=/dev/zero of="$img" bs=1M count=64 status=none
@@ -41,15 +43,20 @@ for bs in 512 64K 1M; do
 done
 
 echo "== start-up: tender's start to the first guest instruction (median of 50, from --report)"
-for i in $(seq 50); do
-    $T --report=/dev/stderr target/release/hello 2>&1 >/dev/null | grep -o '"time_to_first_instruction_us":[0-9]*' | cut -d: -f2
-done | sort -n | sed -n '25p' | sed 's/$/ us/'
+for bin in $T $S; do
+    for i in $(seq 50); do
+        $bin --report=/dev/stderr target/release/hello 2>&1 >/dev/null | grep -o '"time_to_first_instruction_us":[0-9]*' | cut -d: -f2
+    done | sort -n | sed -n '25p' | sed "s|$| us ($bin)|"
+done
 
-echo "== hello end to end (process start to exit)"
-hyperfine -N --warmup 10 -r 200 "$T target/release/hello" "$T --version" /bin/true 2>&1 | grep -E "Benchmark|Time \(mean"
+echo "== hello end to end (process start to exit); the static build; --version; /bin/true"
+hyperfine -N --warmup 10 -r 200 "$T target/release/hello" "$S target/release/hello" "$T --version" "$S --version" \
+    /bin/true 2>&1 | grep -E "Benchmark|Time \(mean"
 
-echo "== peak RSS, hello, 512 MiB guest"
-/usr/bin/time -v $T target/release/hello 2>&1 | grep "Maximum resident"
+echo "== peak RSS, hello, 512 MiB guest (dynamic, static)"
+for bin in $T $S; do
+    echo "$bin: $(/usr/bin/time -v $bin target/release/hello 2>&1 | grep "Maximum resident")"
+done
 
 echo "== network (guest at 10.0.0.2 on a tap in a throw-away namespace; host side at 10.0.0.1)"
 ns=tnd-bench-$$
@@ -62,6 +69,12 @@ ip netns exec $ns ip addr add 10.0.0.1/24 dev tap0
 ip netns exec $ns ip link set tap0 up
 run_guest() { ip netns exec $ns $T --net:service=tap0 "$@" --ipv4=10.0.0.2/24 $RING ${GUEST_ARGS:-} & sleep 1; }
 out=$(mktemp)
+
+echo "start-up to the first guest instruction with a net device (the ring's thread included), median of 50: $(
+    for i in $(seq 50); do
+        ip netns exec $ns $T --report=/dev/stderr --net:service=tap0 target/release/hostile-net empty-read 2>&1 >/dev/null |
+            grep -o '"time_to_first_instruction_us":[0-9]*' | cut -d: -f2
+    done | sort -n | sed -n '25p') us"
 
 # Each figure twice: frames through the shared net ring (the default when the tender offers it),
 # then through the NET_READ/NET_WRITE hypercalls (--no-ring, a guest-rt option).

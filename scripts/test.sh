@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: installs the host tools the tests use (if missing), then
 # builds the monitor and all guests and runs the whole suite against real KVM, real taps in
-# throw-away network namespaces, and real files.
+# throw-away network namespaces, and real files; then the end-to-end suites once more against
+# the statically linked tender. With arguments, only `cargo test` with those arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +23,14 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-exec cargo test --release --workspace --no-fail-fast "$@"
+status=0
+cargo test --release --workspace --no-fail-fast "$@" || status=$?
+if [ $# -eq 0 ]; then
+    # The static build (`cargo build-static`, for deployment) through the suites that run the
+    # tender binary end to end.
+    cargo build-static -q
+    TENDER_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/tender" cargo test --release -p tender \
+        --no-fail-fast --test boot --test exit_codes --test sandbox --test network --test hostile \
+        --test report || status=$?
+fi
+exit "$status"

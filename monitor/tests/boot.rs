@@ -319,7 +319,7 @@ fn broken_elfs_are_rejected_with_one_line() {
 fn missing_dev_kvm_is_one_clear_line() {
     require_kvm();
     let h = hello();
-    let script = format!("mount -t tmpfs none /dev && exec {} {h}", env!("CARGO_BIN_EXE_tender"));
+    let script = format!("mount -t tmpfs none /dev && exec {} {h}", tender_path().display());
     let out = std::process::Command::new("unshare")
         .args(["--mount", "sh", "-c", &script])
         .output()

@@ -135,7 +135,7 @@ fn tap_passed_as_an_open_fd() {
     ns.tap("tap0", "10.0.0.1/24", 1500);
     let tap = open_tap_in(&ns, "tap0");
     let fd = tap.as_raw_fd();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tender"));
+    let mut cmd = Command::new(tender_path());
     cmd.args([format!("--net:service=@{fd}"), g, "--ipv4=10.0.0.2/24".into(), "--count=3".into()]);
     // SAFETY: between fork and exec the child only clears FD_CLOEXEC on an fd it inherited.
     unsafe {

@@ -35,8 +35,14 @@ pub fn require_kvm() {
     }
 }
 
+/// The tender under test: the one cargo built for this test run, or `TENDER_BIN` (scripts/test.sh
+/// runs the end-to-end suites again against the static build that way).
+pub fn tender_path() -> PathBuf {
+    std::env::var_os("TENDER_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_tender").into())
+}
+
 pub fn tender() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tender"));
+    let mut c = Command::new(tender_path());
     c.stdin(Stdio::null());
     c
 }
