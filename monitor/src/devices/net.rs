@@ -73,7 +73,7 @@ impl NetDevice {
 
     /// What NET_READ and NET_WRITE need, for the vCPU thread and the net ring's I/O thread.
     pub fn io(&self) -> TapIo {
-        TapIo { fd: self.raw_fd(), mtu: self.mtu }
+        TapIo::new(self.raw_fd(), self.mtu)
     }
 }
 
@@ -86,6 +86,11 @@ pub struct TapIo {
 }
 
 impl TapIo {
+    /// Frame I/O on `fd` (a tap, or any fd that keeps frames apart, for tests).
+    pub(crate) fn new(fd: RawFd, mtu: u16) -> Self {
+        TapIo { fd, mtu }
+    }
+
     /// NET_WRITE: one frame of `len` bytes at `data` in guest memory to the tap. Returns the
     /// result code for the guest.
     pub fn write(&self, ram: &GuestRam, data: u64, len: u64) -> Result<i32, GuestFault> {

@@ -326,3 +326,177 @@ impl Worker<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The I/O thread's bookkeeping, driven by hand on a small guest memory, with a datagram
+    //! socket pair standing in for the tap (it keeps frames apart, as a tap does). The hostile
+    //! suite (monitor/tests/hostile.rs) attacks the whole thing through a real guest.
+
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+
+    use guest_abi::{NET_RING_AREA_SIZE, SOLO5_R_AGAIN};
+
+    use super::*;
+
+    const MEM: u64 = 4 << 20;
+    const RING: u64 = MEM;
+    const BUF: u64 = 0x20_0000;
+
+    struct Rig {
+        ram: GuestRam,
+        shared: Shared,
+        tap: UnixDatagram,
+        host_side: UnixDatagram,
+    }
+
+    fn rig() -> Rig {
+        let mut ram = GuestRam::new(MEM + NET_RING_AREA_SIZE, MEM).unwrap();
+        ram.protect_read_only(0x10_0000, 0x10_1000).unwrap();
+        let (tap, host_side) = UnixDatagram::pair().unwrap();
+        tap.set_nonblocking(true).unwrap();
+        let shared = Shared {
+            ready: AtomicBool::new(true),
+            stop: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            fault_kind: AtomicU8::new(0),
+            fault_a: AtomicU64::new(0),
+            fault_b: AtomicU64::new(0),
+            counters: (0..2).map(|_| Counters::default()).collect(),
+            pid: 0,
+        };
+        Rig { ram, shared, tap, host_side }
+    }
+
+    impl Rig {
+        /// Handle 1 is the NIC (MTU 1500); handle 0 is the manifest's reserved entry.
+        fn taps(&self) -> [Option<TapIo>; 2] {
+            [None, Some(TapIo::new(self.tap.as_raw_fd(), 1500))]
+        }
+
+        /// A worker whose own indices start at `head` and `com_tail`, as after that many entries.
+        fn worker<'a>(&'a self, taps: &'a [Option<TapIo>], head: u32, com_tail: u32) -> Worker<'a> {
+            let ring = self.ram.inner().get_slice(GuestAddress(RING), NET_RING_SIZE).unwrap();
+            Worker { ring, ram: &self.ram, taps, shared: &self.shared, ent_head: head, com_tail }
+        }
+
+        fn post(&self, index: u32, entry: NetRingEntry) {
+            let at = RING + (NET_RING_ENTRIES_OFFSET + (index % NET_RING_ENTRIES) as usize * 32) as u64;
+            self.ram.inner().write_obj(Abi(entry), GuestAddress(at)).unwrap();
+        }
+
+        fn set_tail(&self, tail: u32) {
+            self.ram.inner().store(tail, GuestAddress(RING + NET_RING_ENT_TAIL as u64), Ordering::Release).unwrap();
+        }
+
+        fn host_index(&self, offset: usize) -> u32 {
+            self.ram.inner().load(GuestAddress(RING + offset as u64), Ordering::Acquire).unwrap()
+        }
+
+        fn commit(&self, index: u32) -> NetRingCommit {
+            let at = RING + (NET_RING_COMMITS_OFFSET + (index % NET_RING_ENTRIES) as usize * 16) as u64;
+            self.ram.inner().read_obj::<Abi<NetRingCommit>>(GuestAddress(at)).unwrap().0
+        }
+    }
+
+    fn entry(operation: u32, handle: u32, data: u64, len: u32, id: u32) -> NetRingEntry {
+        NetRingEntry { operation, handle, data, len, id, _reserved: 0 }
+    }
+
+    #[test]
+    fn writes_and_reads_across_the_index_wrap() {
+        let r = rig();
+        let head = u32::MAX - 1;
+        for i in 0..3u32 {
+            r.ram.write_setup(BUF + u64::from(i) * 64, &[i as u8 + 1; 60]).unwrap();
+            r.post(head.wrapping_add(i), entry(NET_RING_OP_WRITE, 1, BUF + u64::from(i) * 64, 60, i));
+        }
+        r.host_side.send(b"a frame from the host").unwrap();
+        r.post(head.wrapping_add(3), entry(NET_RING_OP_READ, 1, BUF + 0x1000, 1514, 77));
+        r.post(head.wrapping_add(4), entry(NET_RING_OP_READ, 1, BUF + 0x1000, 1514, 78));
+        r.set_tail(head.wrapping_add(5));
+        let taps = r.taps();
+        r.worker(&taps, head, u32::MAX).process().unwrap();
+        for i in 0..3u8 {
+            let mut frame = [0u8; 100];
+            assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60);
+            assert_eq!(frame[..60], [i + 1; 60], "frames leave in order");
+        }
+        assert_eq!(r.host_index(NET_RING_ENT_HEAD), head.wrapping_add(5));
+        assert_eq!(r.host_index(NET_RING_COM_TAIL), 1, "two commits, from u32::MAX round to 1");
+        let (first, second) = (r.commit(u32::MAX), r.commit(0));
+        assert_eq!((first.id, first.ret, first.len), (77, SOLO5_R_OK, 21));
+        assert_eq!((second.id, second.ret, second.len), (78, SOLO5_R_AGAIN, 0));
+        let mut got = [0u8; 21];
+        r.ram.inner().read_slice(&mut got, GuestAddress(BUF + 0x1000)).unwrap();
+        assert_eq!(&got, b"a frame from the host");
+        let c = &r.shared.counters[1];
+        assert_eq!(c.write_ops.load(Ordering::Relaxed), 3);
+        assert_eq!(c.read_bytes.load(Ordering::Relaxed), 21);
+    }
+
+    #[test]
+    fn bad_handles_operations_and_sizes_are_dropped_or_refused() {
+        let r = rig();
+        let entries = [
+            entry(NET_RING_OP_READ, 0, BUF, 1514, 1),
+            entry(NET_RING_OP_READ, 2, BUF, 1514, 2),
+            entry(NET_RING_OP_READ, u32::MAX, BUF, 1514, 3),
+            entry(NET_RING_OP_WRITE, 0, BUF, 60, 4),
+            entry(NET_RING_OP_WRITE, 1, BUF, 13, 5),
+            entry(NET_RING_OP_WRITE, 1, BUF, 1515, 6),
+            entry(0, 1, BUF, 60, 7),
+            entry(u32::MAX, 1, u64::MAX, u32::MAX, 8),
+        ];
+        for (i, e) in entries.iter().enumerate() {
+            r.post(i as u32, *e);
+        }
+        r.set_tail(entries.len() as u32);
+        let taps = r.taps();
+        r.worker(&taps, 0, 0).process().unwrap();
+        assert_eq!(r.host_index(NET_RING_ENT_HEAD), entries.len() as u32);
+        assert_eq!(r.host_index(NET_RING_COM_TAIL), 3);
+        for (i, id) in [1, 2, 3].into_iter().enumerate() {
+            let c = r.commit(i as u32);
+            assert_eq!((c.id, c.ret, c.len), (id, SOLO5_R_EINVAL, 0));
+        }
+        let mut frame = [0u8; 2048];
+        r.host_side.set_nonblocking(true).unwrap();
+        assert!(r.host_side.recv(&mut frame).is_err(), "nothing reached the tap");
+    }
+
+    #[test]
+    fn indices_out_of_range_and_bad_buffers_are_faults() {
+        for (head, tail) in [(0, NET_RING_ENTRIES + 1), (5, 4), (u32::MAX - 10, 2000)] {
+            let r = rig();
+            r.set_tail(tail);
+            assert_eq!(r.worker(&[], head, 0).process(), Err(RingFault::Index { head, tail }));
+        }
+        let cases = [
+            (entry(NET_RING_OP_WRITE, 1, MEM - 10, 60, 0), GuestFault { gpa: MEM - 10, len: 60, write: false }),
+            (entry(NET_RING_OP_READ, 1, RING, 1514, 0), GuestFault { gpa: RING, len: 1514, write: false }),
+            (entry(NET_RING_OP_READ, 1, 0x10_0800, 64, 0), GuestFault { gpa: 0x10_0800, len: 64, write: true }),
+            (
+                entry(NET_RING_OP_READ, 1, BUF, u32::MAX, 0),
+                GuestFault { gpa: BUF, len: u64::from(u32::MAX), write: false },
+            ),
+        ];
+        for (e, fault) in cases {
+            let r = rig();
+            r.post(0, e);
+            r.set_tail(1);
+            let taps = r.taps();
+            assert_eq!(r.worker(&taps, 0, 0).process(), Err(RingFault::Access(fault)));
+            r.shared.record(RingFault::Access(fault));
+            assert_eq!(r.shared.fault(), Some(RingFault::Access(fault)), "the fault crosses to the vCPU thread intact");
+        }
+        let exactly_a_ring = rig();
+        exactly_a_ring.set_tail(NET_RING_ENTRIES);
+        assert_eq!(
+            exactly_a_ring.worker(&[], 0, 0).process(),
+            Ok(()),
+            "a full ring (of zeroed entries, skipped) is fine"
+        );
+    }
+}
