@@ -55,7 +55,7 @@
 //! | net `block-call-on-net-handle` | BLOCK_WRITE and BLOCK_READ on the NIC's handle | EINVAL each, answered |
 //! | net `read-out-of-range`, `read-huge`, `write-out-of-range` | NET_READ at mem_size − 10 (1514 bytes), len 2^64 − 1; NET_WRITE at mem_size − 10 | refused, `invalid guest access` |
 //! | net `read-into-text`, `read-struct-in-rodata` | NET_READ buffer in .text; NET_READ struct in .rodata | refused: `(write to memory outside the guest's writable RAM)` |
-//! | net `ring-write-out-of-range`, `ring-read-out-of-range`, `ring-read-huge`, `ring-read-into-ring` | net ring entries: write at mem_size − 10; read at mem_size − 10, of 2^32 − 1 bytes, into the ring itself | refused by the I/O thread, which stops the vCPU: `net ring: invalid guest access: …` |
+//! | net `ring-write-out-of-range`, `ring-read-out-of-range`, `ring-read-huge`, `ring-read-into-ring` | net ring entries: write at mem_size − 10; read at mem_size − 10, of 2^32 − 1 bytes, into the ring itself (also with `--mem=4096`: the ring at 4094 MiB) | refused by the I/O thread, which stops the vCPU: `net ring: invalid guest access: …` |
 //! | net `ring-read-into-text` | net ring read into .text | refused: `net ring: … (write to memory outside the guest's writable RAM)` |
 //! | net `ring-index-jump`, `ring-index-behind` | `ent_tail` 5000 ahead of the head; one behind it | refused: `net ring: ent_tail=… is more than 1024 entries ahead of ent_head=…` |
 //! | net `ring-bad-entries` | reads and writes on handles 0, 2, 63, 64, 2^32 − 1; operations 0 and 2^32 − 1; writes of 0, 13, MTU + 15 bytes | reads answered EINVAL, the rest dropped; every entry taken, answered |
@@ -577,6 +577,16 @@ fn net_attacks() {
     let run = run_in_ns("wrong-handles");
     if check(&run, &Answered(&[])).is_err() || run.out.matches(": ret=2\n").count() != 6 {
         failures.push(run.context());
+    }
+    // With --mem=4096 the ring takes the top 2 MiB of the 4 GiB cap: the guest's memory ends,
+    // and the ring starts, at 4094 MiB (ABI section 3).
+    let output = ns.tender().args(["--mem=4096", "--net:service=tap0", &g, "ring-read-into-ring"]).output().unwrap();
+    let code = status_of("ring-read-into-ring", &output);
+    let (_, out, err) = decode(output);
+    let run =
+        Run { mode: "ring-read-into-ring (4096)".into(), code, out, err, disk_before: vec![], disk_after: vec![] };
+    if let Err(e) = check(&run, &Refused(&["net ring: invalid guest access: gpa=0xffe00000, size=1514, rip="])) {
+        failures.push(e);
     }
     let run = run_in_ns("ring-bad-entries");
     if run.out.matches("hostile-net: ring read ret=2\n").count() != 5 {
