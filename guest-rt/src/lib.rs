@@ -48,8 +48,10 @@ pub use time::{monotonic_ns, wall_clock_ns, yield_until};
 
 use guest_abi::{MftEntry, SOLO5_EXIT_ABORT};
 
-/// Ends the unikernel with `status` (the tender's exit status, truncated to 8 bits by the OS).
+/// Ends the unikernel with `status` (the tender's exit status, truncated to 8 bits by the OS),
+/// once the frames it sent through the net ring have left.
 pub fn exit(status: i32) -> ! {
+    ring::flush();
     hypercall::halt(status, 0)
 }
 

@@ -100,6 +100,14 @@ impl Ring {
     }
 }
 
+/// Waits until the tender has sent every frame posted so far. [`crate::exit`] calls it: a tender
+/// may stop its I/O thread at HALT without looking at the ring again (solo5-hvt does).
+pub(crate) fn flush() {
+    if let Some(ring) = ring() {
+        ring.drain();
+    }
+}
+
 fn next_id() -> u32 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }

@@ -127,9 +127,10 @@ pub struct Vm {
     // Field order matters for drop: the vCPU and VM go before the memory they map.
     machine: Machine,
     ram: GuestRam,
-    devices: Vec<Device>,
-    /// The shared net ring's I/O thread, when one is running.
+    /// The shared net ring's I/O thread, when one is running. Before `devices`: it is stopped
+    /// (on drop) before the taps it writes are closed.
     ring: Option<NetRing>,
+    devices: Vec<Device>,
     poller: Poller,
     seccomp: SeccompMode,
     timeout: Option<u64>,
@@ -202,8 +203,8 @@ impl Vm {
         Ok(Vm {
             machine,
             ram,
-            devices,
             ring,
+            devices,
             poller,
             seccomp: config.seccomp,
             timeout: config.timeout,
@@ -246,11 +247,18 @@ impl Vm {
         if let Err(e) = sandbox::enter(&allow, self.seccomp) {
             return RunEnd::HostError(format!("{e} (use --seccomp=off to run without it)"));
         }
-        let end = self.run_loop();
+        let mut end = self.run_loop();
         if let Some(ring) = &self.ring {
             if !ring.stop() {
                 self.warnings
                     .push("the net ring's I/O thread did not stop in time: frames sent last may be lost".into());
+            }
+            // A bad entry posted just before the guest halted (or a signal came) is found by the
+            // last pass over the ring; it still makes the run a guest fault.
+            if let Some(fault) = ring.fault()
+                && !matches!(end, RunEnd::GuestError { .. } | RunEnd::HostError(_))
+            {
+                end = RunEnd::GuestError { error: GuestError::NetRing(fault), rip: self.rip() };
             }
             for (stats, counters) in self.stats.devices.iter_mut().zip(ring.counters()) {
                 stats.read_ops += counters.read_ops.load(Ordering::Relaxed);

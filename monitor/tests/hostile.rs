@@ -61,6 +61,8 @@
 //! | net `ring-bad-entries` | reads and writes on handles 0, 2, 63, 64, 2^32 − 1; operations 0 and 2^32 − 1; writes of 0, 13, MTU + 15 bytes | reads answered EINVAL, the rest dropped; every entry taken, answered |
 //! | net `ring-forged-host-indices` | the guest overwrites `ent_head` and `com_tail` (the host's), then posts a read | the tender keeps its own indices: `com_tail=1 ret=1` (AGAIN), answered |
 //! | net `ring-kick-storm` | 10,000 kicks of port 0x600 | nothing happens (KVM counts them on the eventfd), answered |
+//! | net `ring-kick-byte` | `outb` to the kick port (the ioeventfd is registered for 4-byte writes, as in solo5-hvt) | refused: `port=0x600, size=1` |
+//! | net `ring-write-out-of-range-then-halt` | a write entry at mem_size − 10, then HALT(42) at once | refused all the same (found by the tender's last pass over the ring), 1 |
 //!
 //! Note: with no block (net) device attached, tender answers block (net) hypercalls with EINVAL;
 //! solo5-hvt does not register them then and ends the run (`Invalid guest hypercall: num=N`).
@@ -571,6 +573,11 @@ fn net_attacks() {
         ("ring-bad-entries", Answered(&["hostile-net: every entry taken\n"])),
         ("ring-forged-host-indices", Answered(&["hostile-net: com_tail=1 ret=1\n"])),
         ("ring-kick-storm", Answered(&[])),
+        ("ring-kick-byte", Refused(&["tender: Invalid guest port access: port=0x600, size=1, direction=out, rip="])),
+        (
+            "ring-write-out-of-range-then-halt",
+            Refused(&["tender: net ring: invalid guest access: gpa=0x1fffff6, size=60, rip="]),
+        ),
     ];
     let mut failures: Vec<String> =
         cases.iter().filter_map(|(mode, want)| check(&run_in_ns(mode), want).err()).collect();

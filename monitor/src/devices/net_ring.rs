@@ -17,11 +17,17 @@ use std::time::{Duration, Instant};
 use guest_abi::{
     NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD, NET_RING_ENT_TAIL, NET_RING_ENTRIES,
     NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK, NET_RING_OP_READ, NET_RING_OP_WRITE,
-    NET_RING_SIZE, NET_RING_SPIN_ITERS, NetRingCommit, NetRingEntry, SOLO5_R_EINVAL, SOLO5_R_OK,
+    NET_RING_SIZE, NET_RING_SPIN_ITERS, NetRingCommit, NetRingEntry, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK,
 };
-use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use kvm_bindings::{KVMIO, kvm_ioeventfd, kvm_ioeventfd_flag_nr_pio};
+use kvm_ioctls::VmFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::ioctl::ioctl_with_ref;
+
+// kvm-ioctls' `register_ioevent` sets the length from the datamatch type, so "no datamatch" comes
+// with length 0 (any width); the ABI asks for a 4-byte PIO kick, as solo5-hvt registers it.
+vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 
 use crate::devices::net::TapIo;
 use crate::memory::{Abi, GuestFault, GuestRam};
@@ -34,7 +40,7 @@ pub enum RingError {
     #[error("cannot create the kick eventfd: {0}")]
     EventFd(std::io::Error),
     #[error("KVM_IOEVENTFD failed: {0}")]
-    IoEvent(kvm_ioctls::Error),
+    IoEvent(std::io::Error),
     #[error("cannot start the I/O thread: {0}")]
     Thread(std::io::Error),
     #[error("the ring does not fit in guest memory")]
@@ -61,7 +67,8 @@ pub struct Counters {
 
 /// What the two threads share. Only atomics: no lock may ever need a futex under seccomp.
 struct Shared {
-    ready: AtomicBool,
+    /// 0 until the thread is past its start-up; then 1 (serving) or 2 (it could not map the ring).
+    ready: AtomicU8,
     stop: AtomicBool,
     stopped: AtomicBool,
     /// 0: none; 1: read access; 2: write access; 3: index. `fault_a`/`fault_b` are stored first.
@@ -102,23 +109,20 @@ pub struct NetRing {
 }
 
 impl NetRing {
-    /// Routes the guest's kicks (port 0x600) to a new I/O thread for the ring at `gpa`, which
-    /// must lie in the mapping above the guest-visible memory; `taps[h]` serves handle `h`.
-    /// Returns once the thread is past its start-up (stack guard, signal stack, signal mask): the
-    /// seccomp filter goes on next, and the thread never returns, as thread exit would need
-    /// munmap and futex.
+    /// Starts an I/O thread for the ring at `gpa`, which must lie in the mapping above the
+    /// guest-visible memory (`taps[h]` serves handle `h`), then routes the guest's kicks (port
+    /// 0x600) to it. Returns once the thread is past its start-up (stack guard, signal stack,
+    /// signal mask): the seccomp filter goes on next, and the thread never returns, as thread
+    /// exit would need munmap and futex. On an error nothing is routed and the thread is stopped.
     pub fn start(vm: &VmFd, ram: &GuestRam, gpa: u64, taps: Vec<Option<TapIo>>) -> Result<Self, RingError> {
         let ring_end = gpa.checked_add(NET_RING_SIZE as u64).ok_or(RingError::Placement)?;
         if gpa < ram.limit() || ring_end > ram.total() {
             return Err(RingError::Placement);
         }
         // Blocking: the thread sleeps in read() until a kick or a stop.
-        let kick = EventFd::new(libc::EFD_CLOEXEC).map_err(RingError::EventFd)?;
-        let port = IoEventAddress::Pio(u64::from(NET_RING_KICK_PORT));
-        vm.register_ioevent(&kick, &port, NoDatamatch).map_err(RingError::IoEvent)?;
-        let kick = Arc::new(kick);
+        let kick = Arc::new(EventFd::new(libc::EFD_CLOEXEC).map_err(RingError::EventFd)?);
         let shared = Arc::new(Shared {
-            ready: AtomicBool::new(false),
+            ready: AtomicU8::new(0),
             stop: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             fault_kind: AtomicU8::new(0),
@@ -132,10 +136,26 @@ impl NetRing {
             .name("tender-net-ring".into())
             .spawn(move || io_thread(&thread_ram, gpa, &taps, &thread_shared, &thread_kick))
             .map_err(RingError::Thread)?;
-        while !shared.ready.load(Ordering::Acquire) {
-            std::thread::yield_now();
+        let ring = NetRing { shared, kick };
+        loop {
+            match ring.shared.ready.load(Ordering::Acquire) {
+                0 => std::thread::yield_now(),
+                1 => break,
+                _ => return Err(RingError::Placement),
+            }
         }
-        Ok(NetRing { shared, kick })
+        let kick = kvm_ioeventfd {
+            addr: u64::from(NET_RING_KICK_PORT),
+            len: 4,
+            fd: ring.kick_fd(),
+            flags: 1 << kvm_ioeventfd_flag_nr_pio,
+            ..Default::default()
+        };
+        // SAFETY: KVM_IOEVENTFD reads a `kvm_ioeventfd`, which `kick` is, on our own VM fd.
+        if unsafe { ioctl_with_ref(vm, KVM_IOEVENTFD(), &kick) } < 0 {
+            return Err(RingError::IoEvent(std::io::Error::last_os_error()));
+        }
+        Ok(ring)
     }
 
     /// The eventfd, which the vCPU thread writes to stop the I/O thread (for the allowlist).
@@ -183,7 +203,7 @@ fn io_thread(ram: &GuestRam, gpa: u64, taps: &[Option<TapIo>], shared: &Shared, 
     // Signals are for the vCPU thread: its handler sets `immediate_exit` on the vCPU.
     let _ = nix::sys::signal::SigSet::all().thread_block();
     let ring = ram.inner().get_slice(GuestAddress(gpa), NET_RING_SIZE);
-    shared.ready.store(true, Ordering::Release);
+    shared.ready.store(if ring.is_ok() { 1 } else { 2 }, Ordering::Release);
     if let Ok(ring) = ring {
         let mut worker = Worker { ring, ram, taps, shared, ent_head: 0, com_tail: 0 };
         worker.serve(kick);
@@ -221,8 +241,11 @@ impl Worker<'_> {
                 return;
             }
         }
-        // The vCPU has stopped: carry out the writes it posted last. A fault now changes nothing.
-        let _ = self.process();
+        // The vCPU has stopped: carry out the writes it posted last. A fault found now still
+        // decides how the run ended (the vCPU thread looks after stopping this thread).
+        if let Err(fault) = self.process() {
+            self.shared.record(fault);
+        }
     }
 
     /// Spins `spins` times, then asks for a kick and sleeps. False once told to stop.
@@ -294,7 +317,11 @@ impl Worker<'_> {
                 }
                 NET_RING_OP_READ => {
                     let (ret, got) = match tap {
-                        Some(tap) => tap.read(self.ram, data, len).map_err(RingFault::Access)?,
+                        // The ring answers OK, AGAIN or EINVAL (ABI section 9), never EUNSPEC.
+                        Some(tap) => match tap.read(self.ram, data, len).map_err(RingFault::Access)? {
+                            (SOLO5_R_EUNSPEC, _) => (SOLO5_R_EINVAL, 0),
+                            answer => answer,
+                        },
                         None => (SOLO5_R_EINVAL, 0),
                     };
                     if ret == SOLO5_R_OK {
@@ -357,7 +384,7 @@ mod tests {
         let (tap, host_side) = UnixDatagram::pair().unwrap();
         tap.set_nonblocking(true).unwrap();
         let shared = Shared {
-            ready: AtomicBool::new(true),
+            ready: AtomicU8::new(1),
             stop: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             fault_kind: AtomicU8::new(0),

@@ -169,6 +169,16 @@ fn ring_attack(attack: &str, ring: RawRing, h: u64, p: u64, mem: u64, max: u64) 
             println!("hostile-net: com_tail={} ret={}", ring.index(NET_RING_COM_TAIL).load(Ordering::Relaxed), c.ret);
         }
         "ring-kick-storm" => (0..10_000).for_each(|_| kick()),
+        // The kick is a 4-byte write: KVM only turns those into the eventfd signal.
+        "ring-kick-byte" => {
+            // SAFETY: a 1-byte write to the kick port; the tender must refuse it.
+            unsafe { core::arch::asm!("out dx, al", in("dx") NET_RING_KICK_PORT, in("al") 0u8, options(nostack)) };
+        }
+        // A bad entry and HALT at once, without waiting: the tender's last pass finds it.
+        "ring-write-out-of-range-then-halt" => {
+            ring.post(&[entry(write, h, mem - 10, 60)]);
+            guest_rt::hypercall::halt(ANSWERED, 0);
+        }
         _ => return 2,
     }
     if attack.ends_with("out-of-range") || attack.starts_with("ring-read-") || attack.starts_with("ring-index-") {
