@@ -3,7 +3,9 @@
 //! - `tcp-sink PORT`: accepts connections, discards what they send, prints bytes and MB/s per
 //!   connection;
 //! - `tcp-send IP PORT BYTES`: connects, sends BYTES (a pattern), closes, prints MB/s, exits 0;
-//! - `udp-echo PORT`: sends every datagram back to where it came from.
+//! - `udp-echo PORT`: sends every datagram back to where it came from;
+//! - `udp-sink PORT`: counts datagrams; a datagram `end` prints how many came, over how long,
+//!   and starts a new count.
 #![no_std]
 #![no_main]
 
@@ -35,8 +37,9 @@ fn main() -> i32 {
             tcp_send(&mut net, IpEndpoint::new(IpAddress::Ipv4(ip), port as u16), bytes)
         }
         (Some("udp-echo"), Some(port), _, _) => udp_echo(&mut net, port as u16),
+        (Some("udp-sink"), Some(port), _, _) => udp_sink(&mut net, port as u16),
         _ => {
-            println!("netperf: modes: tcp-sink PORT | tcp-send IP PORT BYTES | udp-echo PORT");
+            println!("netperf: modes: tcp-sink PORT | tcp-send IP PORT BYTES | udp-echo PORT | udp-sink PORT");
             2
         }
     }
@@ -145,6 +148,35 @@ fn udp_echo(net: &mut Stack, port: u16) -> i32 {
             let Ok((n, meta)) = s.recv_slice(&mut buf) else { break };
             let _ = s.send_slice(&buf[..n], meta.endpoint);
             worked = true;
+        }
+        if !worked && !net.busy() {
+            net.wait();
+        }
+    }
+}
+
+fn udp_sink(net: &mut Stack, port: u16) -> i32 {
+    let h = net.udp_bind(port);
+    println!("netperf: udp sink on port {port}");
+    let mut buf = alloc::vec![0u8; 9000];
+    let (mut count, mut first, mut last) = (0u64, 0u64, 0u64);
+    loop {
+        net.poll();
+        let s = net.udp(h);
+        let mut worked = false;
+        while let Ok((n, _)) = s.recv_slice(&mut buf) {
+            worked = true;
+            if &buf[..n] == b"end" {
+                let ns = last.saturating_sub(first).max(1);
+                println!("netperf: {count} datagrams in {} us, {} per second", ns / 1000, count * 1_000_000_000 / ns);
+                count = 0;
+                continue;
+            }
+            last = monotonic_ns();
+            if count == 0 {
+                first = last;
+            }
+            count += 1;
         }
         if !worked && !net.busy() {
             net.wait();

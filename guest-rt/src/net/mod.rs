@@ -37,9 +37,9 @@ use phy::Phy;
 
 /// Default TCP socket buffer, each direction.
 pub const TCP_BUFFER: usize = 64 << 10;
-/// Default UDP buffer: packets and payload bytes.
+/// Default UDP buffer: packets and payload bytes (room for a whole batch of full-size datagrams).
 pub const UDP_PACKETS: usize = 64;
-pub const UDP_BUFFER: usize = 64 << 10;
+pub const UDP_BUFFER: usize = 128 << 10;
 /// Longest sleep when smoltcp has no deadline (keeps DHCP and timers honest).
 const MAX_SLEEP_NS: u64 = 1_000_000_000;
 
@@ -97,9 +97,11 @@ impl Stack {
         self.iface.ipv4_addr().map(|a| (a, self.iface.ip_addrs().first().map_or(0, IpCidr::prefix_len)))
     }
 
-    /// Moves every pending frame in and out and runs smoltcp's timers. Returns true when a
-    /// socket may have changed state.
+    /// Moves pending frames in (at most a batch: [`busy`](Self::busy) stays true when more may
+    /// wait) and out, and runs smoltcp's timers. Returns true when a socket may have changed
+    /// state.
     pub fn poll(&mut self) -> bool {
+        self.phy.refill_rx_budget();
         let changed = self.iface.poll(now(), &mut self.phy, &mut self.sockets) == PollResult::SocketStateChanged;
         if let Some(h) = self.dhcp {
             self.dhcp_event(h);
