@@ -25,12 +25,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
+use crate::devices::net::TapIo;
+use crate::memory::{Abi, GuestFault, GuestRam};
+
 // kvm-ioctls' `register_ioevent` sets the length from the datamatch type, so "no datamatch" comes
 // with length 0 (any width); the ABI asks for a 4-byte PIO kick, as solo5-hvt registers it.
 vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
-
-use crate::devices::net::TapIo;
-use crate::memory::{Abi, GuestFault, GuestRam};
 
 /// How long the vCPU thread waits for the I/O thread to finish the guest's last writes.
 const STOP_GRACE: Duration = Duration::from_millis(200);
