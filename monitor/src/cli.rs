@@ -137,12 +137,14 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErr
         if arg.starts_with("--") && arg.split('=').next().is_some_and(|name| name.contains(':')) {
             named.push(split_named(arg).ok_or_else(|| invalid(arg))?);
         } else {
-            for_clap.push(arg.clone());
-            if VALUE_OPTIONS.contains(&arg.as_str())
-                && let Some(value) = args.get(i + 1)
-            {
-                for_clap.push(value.clone());
-                i += 1;
+            match args.get(i + 1) {
+                // Joined, so that clap takes a value starting with '-' (`--report -x`), as getopt
+                // does for an option with a required argument.
+                Some(value) if VALUE_OPTIONS.contains(&arg.as_str()) => {
+                    for_clap.push(format!("{arg}={value}"));
+                    i += 1;
+                }
+                _ => for_clap.push(arg.clone()),
             }
         }
         i += 1;
@@ -256,6 +258,9 @@ mod tests {
         assert_eq!(c.kernel, PathBuf::from("k.elf"));
         assert_eq!(c.guest_args, ["--mem=3", "a"]);
         assert_eq!(c.nets[0].source, TapSource::Interface("tap0".into()));
+        let c = run(&["--report", "-x", "--block", "-d", "k.elf"]).unwrap();
+        assert_eq!(c.blocks[0].path, PathBuf::from("-d"), "a separate value may start with '-'");
+        assert_eq!(run(&["--mem", "-5", "k"]).unwrap_err().0, "Malformed argument to --mem: '-5'");
         let c = run(&["--mem=8", "--", "-k", "x"]).unwrap();
         assert_eq!((c.mem_bytes, c.kernel.to_str().unwrap()), (8 << 20, "-k"));
         assert_eq!(c.guest_args, ["x"]);
