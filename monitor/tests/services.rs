@@ -338,25 +338,22 @@ fn tcp_sink_udp_echo_and_udp_sink() {
     assert_eq!(echoed, 500);
     drop(guest);
 
-    // A burst, one datagram after the other without waiting: the guest counts what arrived.
+    // A burst of 300 datagrams without a pause: fewer than the tap's queue holds, so none is lost
+    // however late the guest runs, and more than a UDP socket's queue (64), so the guest must
+    // empty the socket between batches of frames (Stack::poll takes at most 64) to count them all.
     let mut cmd = ns.tender();
     cmd.args(["--net:service=tap0", &g, "--ipv4=10.0.0.2/24", "udp-sink", "5004"]);
     let guest = Running::spawn(cmd);
     assert!(wait_for_ping(&ns, GUEST_IP, 30));
     in_netns(&ns, || {
         let s = std::net::UdpSocket::bind("10.0.0.1:0").unwrap();
-        for _ in 0..2000 {
+        for _ in 0..300 {
             s.send_to(&[0x55; 64], (GUEST_IP, 5004)).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(500));
         s.send_to(b"end", (GUEST_IP, 5004)).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(500));
     });
     let (_, out, _) = guest.stop();
-    let count: u64 = out
-        .split("netperf: ")
-        .find_map(|l| l.split(" datagrams in ").next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no count: {out}"));
-    // A tap drops what the guest does not take in time, so a burst may lose some; most arrive.
-    assert!((1000..=2000).contains(&count), "{count} of 2000 datagrams: {out}");
+    assert!(out.contains("netperf: 300 datagrams in "), "{out}");
 }
