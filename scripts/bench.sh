@@ -80,6 +80,7 @@ echo "start-up to the first guest instruction with a net device (the ring's thre
 # then through the NET_READ/NET_WRITE hypercalls (--no-ring, a guest-rt option).
 for RING in "" --no-ring; do
 echo "-- ${RING:-with the net ring}"
+ip netns exec $ns $T --net:service=tap0 target/release/netperf --ipv4=10.0.0.2/24 $RING frame-costs 20000
 GUEST_ARGS="tcp-sink 5002" run_guest target/release/netperf >"$out"
 ip netns exec $ns python3 -c '
 import socket; s = socket.create_connection(("10.0.0.2", 5002)); b = bytes(1 << 20)

@@ -224,3 +224,24 @@ fn dhcp_configures_the_guest() {
     assert!(out.contains("ping: got 10.0.0.77/24 by DHCP"), "{out}");
     drop(dhcp_server);
 }
+
+/// netperf's `frame-costs` (used by scripts/bench.sh) runs on both paths and says which it took.
+#[test]
+fn frame_costs_on_the_ring_and_on_hypercalls() {
+    let g = ping_guest("netperf");
+    let ns = NetNs::new("costs");
+    ns.tap("tap0", "10.0.0.1/24", 1500);
+    for (ring, path) in [(None, "net ring"), (Some("--no-ring"), "hypercalls")] {
+        let out = ns
+            .tender()
+            .args(["--net:service=tap0", &g, "--ipv4=10.0.0.2/24"])
+            .args(ring)
+            .args(["frame-costs", "100"])
+            .output()
+            .unwrap();
+        let (code, out, err) = decode(out);
+        assert_eq!(code, 0, "{out}{err}");
+        let want = format!("netperf: {path}: receive with nothing waiting: ");
+        assert!(out.contains(&want) && out.contains(" ns per call; send of 60 bytes: "), "{out}");
+    }
+}

@@ -5,7 +5,9 @@
 //! - `tcp-send IP PORT BYTES`: connects, sends BYTES (a pattern), closes, prints MB/s, exits 0;
 //! - `udp-echo PORT`: sends every datagram back to where it came from;
 //! - `udp-sink PORT`: counts datagrams; a datagram `end` prints how many came, over how long,
-//!   and starts a new count.
+//!   and starts a new count;
+//! - `frame-costs N`: times N receives with nothing waiting and N sends of a 60-byte frame, on
+//!   the NIC itself (the net ring, or the hypercalls with `--no-ring`), and exits.
 #![no_std]
 #![no_main]
 
@@ -38,8 +40,11 @@ fn main() -> i32 {
         }
         (Some("udp-echo"), Some(port), _, _) => udp_echo(&mut net, port as u16),
         (Some("udp-sink"), Some(port), _, _) => udp_sink(&mut net, port as u16),
+        (Some("frame-costs"), Some(n), _, _) => frame_costs(&net, n),
         _ => {
-            println!("netperf: modes: tcp-sink PORT | tcp-send IP PORT BYTES | udp-echo PORT | udp-sink PORT");
+            println!(
+                "netperf: modes: tcp-sink PORT | tcp-send IP PORT BYTES | udp-echo PORT | udp-sink PORT | frame-costs N"
+            );
             2
         }
     }
@@ -182,4 +187,31 @@ fn udp_sink(net: &mut Stack, port: u16) -> i32 {
             net.wait();
         }
     }
+}
+
+fn frame_costs(net: &Stack, n: u64) -> i32 {
+    let nic = net.nic();
+    let per_call = |f: &mut dyn FnMut()| {
+        f(); // warm up
+        let start = monotonic_ns();
+        for _ in 0..n {
+            f();
+        }
+        (monotonic_ns() - start) / n.max(1)
+    };
+    let mut buf = alloc::vec![0u8; nic.max_frame()];
+    let recv = per_call(&mut || {
+        let _ = nic.recv(&mut buf);
+    });
+    // A broadcast of a local experimental EtherType: the host drops it.
+    let mut frame = [0u8; 60];
+    frame[..6].fill(0xff);
+    frame[6..12].copy_from_slice(&nic.mac());
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    let send = per_call(&mut || {
+        let _ = nic.send(&frame);
+    });
+    let path = if guest_rt::ring::active() { "net ring" } else { "hypercalls" };
+    println!("netperf: {path}: receive with nothing waiting: {recv} ns per call; send of 60 bytes: {send} ns per call");
+    0
 }
