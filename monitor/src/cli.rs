@@ -29,7 +29,7 @@ const VALUE_OPTIONS: [&str; 7] = ["--mem", "--net", "--block", "--seccomp", "--d
 
 Everything after KERNEL is passed to the guest as its command line.
 Exit status: the guest's status when it exits (255 when it aborts or faults); 1 when tender
-reports an error, the guest breaks the ABI, or tender is stopped by SIGINT or SIGTERM."
+reports an error, the guest breaks the ABI, or tender is stopped by SIGINT, SIGTERM or SIGUSR1."
 )]
 struct Cli {
     /// Guest memory in MiB (rounded down to 2 MiB; 2 to 4096)

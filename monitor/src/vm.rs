@@ -6,7 +6,6 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use std::time::Instant;
 
@@ -46,7 +45,7 @@ pub enum RunEnd {
     GuestError { error: GuestError, rip: u64 },
     /// A host-side failure during the run (I/O error, KVM failure).
     HostError(String),
-    /// SIGINT or SIGTERM.
+    /// SIGINT, SIGTERM or SIGUSR1 (from outside; the net ring's own SIGUSR1 becomes a guest fault).
     Signal(i32),
     /// `--timeout` seconds passed.
     Timeout(u64),
@@ -253,18 +252,15 @@ impl Vm {
                 self.warnings
                     .push("the net ring's I/O thread did not stop in time: frames sent last may be lost".into());
             }
-            // A bad entry posted just before the guest halted (or a signal came) is found by the
-            // last pass over the ring; it still makes the run a guest fault.
+            // The thread's fault, whether it stopped the vCPU (SIGUSR1) or was found by the last
+            // pass over the ring after the guest halted, makes the run a guest fault.
             if let Some(fault) = ring.fault()
                 && !matches!(end, RunEnd::GuestError { .. } | RunEnd::HostError(_))
             {
                 end = RunEnd::GuestError { error: GuestError::NetRing(fault), rip: self.rip() };
             }
             for (stats, counters) in self.stats.devices.iter_mut().zip(ring.counters()) {
-                stats.read_ops += counters.read_ops.load(Ordering::Relaxed);
-                stats.read_bytes += counters.read_bytes.load(Ordering::Relaxed);
-                stats.write_ops += counters.write_ops.load(Ordering::Relaxed);
-                stats.write_bytes += counters.write_bytes.load(Ordering::Relaxed);
+                counters.add_to(stats);
             }
         }
         signals::uninstall();
@@ -302,9 +298,7 @@ impl Vm {
         self.stats.to_first_instruction = Some(self.started.elapsed());
         loop {
             if let Some(sig) = signals::pending() {
-                if let Some(fault) = self.ring.as_ref().and_then(NetRing::fault) {
-                    return RunEnd::GuestError { error: GuestError::NetRing(fault), rip: self.rip() };
-                }
+                // A SIGUSR1 from the net ring's thread becomes its guest fault in `run`.
                 return match (sig, self.timeout) {
                     (libc::SIGALRM, Some(secs)) => RunEnd::Timeout(secs),
                     _ => RunEnd::Signal(sig),

@@ -27,6 +27,7 @@ use vmm_sys_util::ioctl::ioctl_with_ref;
 
 use crate::devices::net::TapIo;
 use crate::memory::{Abi, GuestFault, GuestRam};
+use crate::report::DeviceStats;
 
 // kvm-ioctls' `register_ioevent` sets the length from the datamatch type, so "no datamatch" comes
 // with length 0 (any width); the ABI asks for a 4-byte PIO kick, as solo5-hvt registers it.
@@ -59,10 +60,20 @@ pub enum RingFault {
 /// Traffic of one handle, counted by the thread (frames and bytes that went through).
 #[derive(Default)]
 pub struct Counters {
-    pub read_ops: AtomicU64,
-    pub read_bytes: AtomicU64,
-    pub write_ops: AtomicU64,
-    pub write_bytes: AtomicU64,
+    read_ops: AtomicU64,
+    read_bytes: AtomicU64,
+    write_ops: AtomicU64,
+    write_bytes: AtomicU64,
+}
+
+impl Counters {
+    /// Adds this traffic to the report's figures for the device.
+    pub fn add_to(&self, stats: &mut DeviceStats) {
+        stats.read_ops += self.read_ops.load(Ordering::Relaxed);
+        stats.read_bytes += self.read_bytes.load(Ordering::Relaxed);
+        stats.write_ops += self.write_ops.load(Ordering::Relaxed);
+        stats.write_bytes += self.write_bytes.load(Ordering::Relaxed);
+    }
 }
 
 /// What the two threads share. Only atomics: no lock may ever need a futex under seccomp.
