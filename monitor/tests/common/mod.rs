@@ -207,6 +207,30 @@ pub fn wait_for_ping(ns: &NetNs, addr: &str, secs: u32) -> bool {
     false
 }
 
+/// Waits until the guest's stack answers a UDP datagram to closed port 9 with ICMP port
+/// unreachable, for at most `secs`. Unlike `wait_for_ping` it sends no echo request: a guest
+/// run with `--count=N` counts every echo request it sees, including one the host queued behind
+/// ARP while the guest booted and delivered after `ping` had given up.
+pub fn wait_for_port_unreachable(ns: &NetNs, addr: &str, secs: u32) -> bool {
+    let target = format!("{addr}:9");
+    in_netns(ns, move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind a UDP socket");
+        socket.connect(&target).expect("connect the UDP socket");
+        socket.set_read_timeout(Some(std::time::Duration::from_millis(200))).expect("set a read timeout");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(u64::from(secs));
+        let mut buf = [0u8; 16];
+        while std::time::Instant::now() < deadline {
+            let _ = socket.send(b"up?");
+            if let Err(e) = socket.recv(&mut buf)
+                && e.kind() == std::io::ErrorKind::ConnectionRefused
+            {
+                return true;
+            }
+        }
+        false
+    })
+}
+
 /// Runs `f` on a thread inside `ns`: sockets it creates live in the namespace.
 pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{}", ns.name);
