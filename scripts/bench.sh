@@ -28,12 +28,16 @@ uname -r; nproc; grep -m1 "model name" /proc/cpuinfo || true
 echo "== exit floor (bare KVM loop, no tender code)"
 cargo bench -q -p tender --bench exit_floor 2>/dev/null | grep "exit floor"
 
-echo "== hypercalls, timed inside the guest (2000 each)"
-$T --block:storage="$img" target/release/bench calls 2000
+echo "== hypercalls, timed inside the guest (2000 each; block requests by hypercall)"
+$T --block:storage="$img" target/release/bench --no-ring calls 2000
+echo "== block requests through tender's block ring instead (2000 each)"
+$T --block:storage="$img" target/release/bench calls 2000 | grep -i "block_"
 
-echo "== sequential block I/O, guest (64 MiB image, page cache warm)"
-for batch in 512 65536 1048576; do
-    $T --block:storage="$img" target/release/bench seq $batch
+echo "== sequential block I/O, guest (64 MiB image, page cache warm): block ring, then hypercalls"
+for ring in "" --no-ring; do
+    for batch in 512 65536 1048576; do
+        $T --block:storage="$img" target/release/bench $ring seq $batch | grep -v "block ring"
+    done
 done
 echo "== the same on the host (dd, same file and request sizes)"
 for bs in 512 64K 1M; do

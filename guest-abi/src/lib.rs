@@ -209,8 +209,12 @@ pub const TRAP_REPORT_MAGIC: u64 = u64::from_le_bytes(*b"TNDTRAP1");
 // Boot info
 // ---------------------------------------------------------------------------------------------
 
-/// `host_features` bit: the shared-memory net ring is active.
+/// `host_features` bit: the shared-memory net ring is active (Solo5's).
 pub const HVT_FEATURE_RING_IO: u32 = 1 << 0;
+/// `host_features` bit, a tender extension (solo5-hvt never sets it): the ring at `net_ring`
+/// also carries block requests ([`RING_OP_BLOCK_WRITE`], [`RING_OP_BLOCK_READ`]). The highest
+/// bit, to stay clear of bits Solo5 may add.
+pub const TENDER_FEATURE_BLOCK_RING: u32 = 1 << 31;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -418,13 +422,18 @@ impl<const N: usize> ManifestNote<N> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Optional shared-memory net ring (ABI section 9)
+// Optional shared-memory net ring (ABI section 9), and tender's block extension of it
 // ---------------------------------------------------------------------------------------------
 
 /// Entries (and commits) in the ring; the free-running u32 indices are masked with this - 1.
 pub const NET_RING_ENTRIES: u32 = 1024;
 pub const NET_RING_OP_WRITE: u32 = 1;
 pub const NET_RING_OP_READ: u32 = 2;
+/// Tender extension (with [`TENDER_FEATURE_BLOCK_RING`]): BLOCK_WRITE of `len` bytes at `data`
+/// to byte `offset` of block device `handle`. Answered by a commit, as a read is.
+pub const RING_OP_BLOCK_WRITE: u32 = 3;
+/// Tender extension: BLOCK_READ, as [`RING_OP_BLOCK_WRITE`] the other way.
+pub const RING_OP_BLOCK_READ: u32 = 4;
 /// Bytes of the ring structure at `boot_info.net_ring`.
 pub const NET_RING_SIZE: usize = 49_280;
 pub const NET_RING_ENTRIES_OFFSET: usize = 128;
@@ -451,11 +460,13 @@ pub struct NetRingEntry {
     pub data: u64,
     pub len: u32,
     pub id: u32,
-    pub _reserved: u64,
+    /// Byte offset on the device for the block operations (a tender extension); reserved in
+    /// Solo5's ring.
+    pub offset: u64,
 }
 
-/// The result of a NET_READ entry: written by the host at `commits[com_tail % NET_RING_ENTRIES]`.
-/// Writes have none.
+/// The result of a NET_READ or block entry: written by the host at
+/// `commits[com_tail % NET_RING_ENTRIES]`. Net writes have none.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NetRingCommit {

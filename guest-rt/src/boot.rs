@@ -53,7 +53,7 @@ _start:
         mov %rdi, %rbx
         mov %rsp, %rbp
 
-        // Unmap everything from mem_size on (2 MiB PDEs), except the net ring right there.
+        // Unmap everything from mem_size on (2 MiB PDEs), except the ring right there.
         mov {mem_size}(%rbx), %rcx
         cmpq $0, {net_ring}(%rbx)
         je 1f

@@ -71,7 +71,7 @@ const fn pdpt(pd: *const Table<PD_ENTRIES>) -> Table<TABLE_ENTRIES> {
 }
 
 /// All of the 4 GiB as 2 MiB user pages, except the first 2 MiB, which PT0 maps in 4 KiB pages.
-/// `_start` cuts everything from `mem_size` on (but the net ring).
+/// `_start` cuts everything from `mem_size` on (but the shared ring).
 const fn pd(pt0: *const Table<TABLE_ENTRIES>) -> Table<PD_ENTRIES> {
     let mut t = [frame_entry(0, 0); PD_ENTRIES];
     t[0] = table_entry(pt0, 0);

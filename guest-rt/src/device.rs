@@ -3,7 +3,7 @@
 
 use guest_abi::{MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_OK};
 
-use crate::{bootinfo, hypercall};
+use crate::{bootinfo, hypercall, ring};
 
 /// Why a device operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,20 +78,30 @@ impl BlockDevice {
             && offset.checked_add(len).is_some_and(|end| end <= self.capacity)
     }
 
-    /// Reads whole blocks at byte `offset` into `buf`: any number of blocks in one exit.
+    /// Reads whole blocks at byte `offset` into `buf`: any number of blocks in one request,
+    /// through the ring when the tender offers it for blocks (no exit), else in one hypercall.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         if !self.valid(offset, buf.len()) {
             return Err(Error::Invalid);
         }
-        result(hypercall::block_read(self.handle, offset, buf))
+        let (data, len) = (buf.as_mut_ptr() as u64, buf.len());
+        result(
+            ring::block(self.handle, true, offset, data, len)
+                .unwrap_or_else(|| hypercall::block_read(self.handle, offset, buf)),
+        )
     }
 
-    /// Writes whole blocks from `buf` at byte `offset`: any number of blocks in one exit.
+    /// Writes whole blocks from `buf` at byte `offset`: any number of blocks in one request, as
+    /// [`read`](Self::read) does.
     pub fn write(&self, offset: u64, buf: &[u8]) -> Result<(), Error> {
         if !self.valid(offset, buf.len()) {
             return Err(Error::Invalid);
         }
-        result(hypercall::block_write(self.handle, offset, buf))
+        let (data, len) = (buf.as_ptr() as u64, buf.len());
+        result(
+            ring::block(self.handle, false, offset, data, len)
+                .unwrap_or_else(|| hypercall::block_write(self.handle, offset, buf)),
+        )
     }
 
     /// Reads any byte range: the whole blocks inside it straight into `buf` in one exit, the

@@ -1,11 +1,16 @@
-//! The guest side of the shared net ring (ABI section 9), which [`NetDevice`](crate::NetDevice)
+//! The guest side of the shared ring (ABI section 9), which [`NetDevice`](crate::NetDevice)
 //! uses when the tender offers it. Sending copies the frame to a slot of ours and posts it: no
 //! exit, unless the tender's I/O thread has gone to sleep and asked for a kick (port 0x600,
 //! handled inside KVM). Receiving posts a read and spins at CPL 3 until the tender commits it.
 //! Frames larger than a slot use the NET_WRITE hypercall, after the posted ones have left, so
 //! frames keep their order.
 //!
-//! The same code runs on solo5-hvt, which implements the same ring.
+//! When the tender also offers `TENDER_FEATURE_BLOCK_RING` (tender does; solo5-hvt does not),
+//! [`BlockDevice`](crate::BlockDevice) posts its requests here too, straight from the caller's
+//! buffer, and spins for the commit as a receive does.
+//!
+//! The same code runs on solo5-hvt, which implements the net ring only: block requests then
+//! use the hypercalls.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
@@ -13,7 +18,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
 use guest_abi::{
     HVT_FEATURE_RING_IO, NET_RING_COM_HEAD, NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD,
     NET_RING_ENT_TAIL, NET_RING_ENTRIES, NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK,
-    NET_RING_OP_READ, NET_RING_OP_WRITE, NET_RING_SLOT_SIZE, NetRingCommit, NetRingEntry,
+    NET_RING_OP_READ, NET_RING_OP_WRITE, NET_RING_SLOT_SIZE, NetRingCommit, NetRingEntry, RING_OP_BLOCK_READ,
+    RING_OP_BLOCK_WRITE, TENDER_FEATURE_BLOCK_RING,
 };
 
 use crate::boot::boot_info;
@@ -31,8 +37,8 @@ static SLOT_BUFFERS: Slots = Slots(UnsafeCell::new([[0; NET_RING_SLOT_SIZE]; SLO
 static DISABLED: AtomicBool = AtomicBool::new(false);
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
-/// Makes every later send and receive use the hypercalls even when the tender offers the ring
-/// (to compare the two, or to test the hypercall path).
+/// Makes every later send, receive and block request use the hypercalls even when the tender
+/// offers the ring (to compare the two, or to test the hypercall path).
 pub fn disable() {
     DISABLED.store(true, Ordering::Relaxed);
 }
@@ -42,10 +48,25 @@ pub fn active() -> bool {
     ring().is_some()
 }
 
-/// Where the tender put the ring, if it offers one (for code that drives the ring itself).
+/// Whether block requests go through the ring.
+pub fn block_active() -> bool {
+    block_ring().is_some()
+}
+
+/// Where the tender put the ring, if it offers one for frames (for code that drives the ring
+/// itself).
 pub fn address() -> Option<u64> {
+    offered(HVT_FEATURE_RING_IO)
+}
+
+/// Where the tender put the ring, if it offers it for block requests.
+pub fn block_address() -> Option<u64> {
+    offered(TENDER_FEATURE_BLOCK_RING)
+}
+
+fn offered(feature: u32) -> Option<u64> {
     let info = boot_info();
-    (info.host_features & HVT_FEATURE_RING_IO != 0 && info.net_ring != 0).then_some(info.net_ring)
+    (info.host_features & feature != 0 && info.net_ring != 0).then_some(info.net_ring)
 }
 
 #[derive(Clone, Copy)]
@@ -53,6 +74,10 @@ struct Ring(*mut u8);
 
 fn ring() -> Option<Ring> {
     address().filter(|_| !DISABLED.load(Ordering::Relaxed)).map(|a| Ring(a as *mut u8))
+}
+
+fn block_ring() -> Option<Ring> {
+    block_address().filter(|_| !DISABLED.load(Ordering::Relaxed)).map(|a| Ring(a as *mut u8))
 }
 
 impl Ring {
@@ -91,6 +116,23 @@ impl Ring {
         }
     }
 
+    /// Posts `entry`, which the tender answers with a commit, and waits for that commit. Only
+    /// one such entry is in flight (one vCPU, no threads), so the next commit is its answer.
+    fn call(self, entry: NetRingEntry) -> NetRingCommit {
+        let tail = self.wait_for_room(NET_RING_ENTRIES);
+        let head = self.index(NET_RING_COM_HEAD).load(Ordering::Relaxed);
+        self.post(tail, entry);
+        while self.index(NET_RING_COM_TAIL).load(Ordering::Acquire) == head {
+            core::hint::spin_loop();
+        }
+        let at = NET_RING_COMMITS_OFFSET + (head % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
+        // SAFETY: inside the ring; the tender wrote this commit before its release store of
+        // `com_tail`, which the acquire load above saw.
+        let commit = unsafe { self.0.add(at).cast::<NetRingCommit>().read_volatile() };
+        self.index(NET_RING_COM_HEAD).store(head.wrapping_add(1), Ordering::Release);
+        commit
+    }
+
     /// Waits until the tender has carried out every posted entry.
     fn drain(self) {
         let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
@@ -103,7 +145,7 @@ impl Ring {
 /// Waits until the tender has sent every frame posted so far. [`crate::exit`] calls it: a tender
 /// may stop its I/O thread at HALT without looking at the ring again (solo5-hvt does).
 pub(crate) fn flush() {
-    if let Some(ring) = ring() {
+    if let Some(ring) = ring().or_else(block_ring) {
         ring.drain();
     }
 }
@@ -131,7 +173,7 @@ pub(crate) fn send(handle: u64, frame: &[u8]) -> Option<i32> {
         data: buf.as_ptr() as u64,
         len: frame.len() as u32,
         id: next_id(),
-        _reserved: 0,
+        offset: 0,
     };
     ring.post(tail, entry);
     Some(guest_abi::SOLO5_R_OK)
@@ -141,25 +183,30 @@ pub(crate) fn send(handle: u64, frame: &[u8]) -> Option<i32> {
 /// `None` when there is no ring.
 pub(crate) fn recv(handle: u64, buf: &mut [u8]) -> Option<(i32, usize)> {
     let ring = ring()?;
-    let tail = ring.wait_for_room(NET_RING_ENTRIES);
-    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
     let entry = NetRingEntry {
         operation: NET_RING_OP_READ,
         handle: handle as u32,
         data: buf.as_mut_ptr() as u64,
-        len,
+        len: u32::try_from(buf.len()).unwrap_or(u32::MAX),
         id: next_id(),
-        _reserved: 0,
+        offset: 0,
     };
-    let head = ring.index(NET_RING_COM_HEAD).load(Ordering::Relaxed);
-    ring.post(tail, entry);
-    while ring.index(NET_RING_COM_TAIL).load(Ordering::Acquire) == head {
-        core::hint::spin_loop();
-    }
-    let at = NET_RING_COMMITS_OFFSET + (head % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
-    // SAFETY: inside the ring; the tender wrote this commit before its release store of
-    // `com_tail`, which the acquire load above saw.
-    let commit = unsafe { ring.0.add(at).cast::<NetRingCommit>().read_volatile() };
-    ring.index(NET_RING_COM_HEAD).store(head.wrapping_add(1), Ordering::Release);
+    let commit = ring.call(entry);
     Some((commit.ret, (commit.len as usize).min(buf.len())))
+}
+
+/// Reads (`read`) the `len` bytes at `data` from byte `offset` of block device `handle`, or
+/// writes them there, through the ring; returns the result code. `None` when the tender offers
+/// no block ring or the request is over 4 GiB: then it goes by hypercall.
+pub(crate) fn block(handle: u64, read: bool, offset: u64, data: u64, len: usize) -> Option<i32> {
+    let ring = block_ring()?;
+    let entry = NetRingEntry {
+        operation: if read { RING_OP_BLOCK_READ } else { RING_OP_BLOCK_WRITE },
+        handle: u32::try_from(handle).ok()?,
+        data,
+        len: u32::try_from(len).ok()?,
+        id: next_id(),
+        offset,
+    };
+    Some(ring.call(entry).ret)
 }

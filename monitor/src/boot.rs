@@ -86,7 +86,7 @@ pub fn write_low_memory(
 
 /// Identity map: PML4 -> PDPT -> 4 page directories of 2 MiB pages, except the first 2 MiB,
 /// mapped through PT0 with 4 KiB pages (nothing below 0x10000, read-only up to 0x100000).
-/// The whole allocation is mapped (the net ring too); nothing beyond it.
+/// The whole allocation is mapped (the shared ring too); nothing beyond it.
 fn write_page_tables(ram: &GuestRam) -> Result<(), MemoryError> {
     let rw = PTE_PRESENT | PTE_RW;
     ram.write_setup(BOOT_PML4_GPA, &(BOOT_PDPT_GPA | rw).to_le_bytes())?;

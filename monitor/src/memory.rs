@@ -77,7 +77,7 @@ abi_pod!(
 );
 
 /// Guest RAM: one anonymous, zero-filled mapping at GPA 0. A clone shares the same mapping (the
-/// net ring's I/O thread holds one).
+/// ring's I/O thread holds one).
 #[derive(Clone)]
 pub struct GuestRam {
     mem: GuestMemoryMmap,

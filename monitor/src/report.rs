@@ -23,6 +23,8 @@ pub struct Stats {
     pub devices: Vec<DeviceStats>,
     /// The shared net ring was offered to the guest (its traffic is in `devices`, not `hypercalls`).
     pub net_ring: bool,
+    /// The ring was offered for block requests too (tender's extension; traffic as above).
+    pub block_ring: bool,
 }
 
 /// Per-device traffic. For a net device, ops are packets.
@@ -121,7 +123,7 @@ impl ReportFile {
             }
             None => b.push_str(",\"time_to_first_instruction_us\":null"),
         }
-        let _ = write!(b, ",\"net_ring\":{}", stats.net_ring);
+        let _ = write!(b, ",\"net_ring\":{},\"block_ring\":{}", stats.net_ring, stats.block_ring);
         b.push_str(",\"exits\":{");
         let total: u64 = stats.hypercalls.iter().sum();
         for (name, n) in HYPERCALL_NAMES.iter().zip(stats.hypercalls.iter()).skip(1) {

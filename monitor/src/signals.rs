@@ -1,5 +1,5 @@
 //! SIGINT and SIGTERM end the run cleanly (status 1), as solo5-hvt does; so does SIGALRM, which
-//! `--timeout` arms, and SIGUSR1, which the net ring's I/O thread sends when the guest breaks the
+//! `--timeout` arms, and SIGUSR1, which the ring's I/O thread sends when the guest breaks the
 //! ring's rules (the run loop then reports the guest's fault rather than a signal).
 //!
 //! The handler only records the signal and sets the vCPU's `immediate_exit`, so a signal that

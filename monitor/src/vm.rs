@@ -20,8 +20,8 @@ use crate::config::Config;
 use crate::devices::Device;
 use crate::devices::block::{BlockDevice, DEFAULT_BLOCK_SIZE};
 use crate::devices::net::NetDevice;
-use crate::devices::net_ring::{NetRing, RingFault};
 use crate::devices::poll::{Poller, Wait};
+use crate::devices::ring::{Ring, RingFault, Target};
 use crate::dumpcore::CoreDump;
 use crate::elf::Kernel;
 use crate::kvm::Machine;
@@ -45,7 +45,7 @@ pub enum RunEnd {
     GuestError { error: GuestError, rip: u64 },
     /// A host-side failure during the run (I/O error, KVM failure).
     HostError(String),
-    /// SIGINT, SIGTERM or SIGUSR1 (from outside; the net ring's own SIGUSR1 becomes a guest fault).
+    /// SIGINT, SIGTERM or SIGUSR1 (from outside; the ring's own SIGUSR1 becomes a guest fault).
     Signal(i32),
     /// `--timeout` seconds passed.
     Timeout(u64),
@@ -93,7 +93,7 @@ pub enum GuestError {
     #[error("KVM: unhandled exit: exit_reason={0:#x}")]
     Unhandled(u32),
     #[error("{0}")]
-    NetRing(RingFault),
+    Ring(RingFault),
 }
 
 /// A hypercall that cannot complete normally.
@@ -126,9 +126,9 @@ pub struct Vm {
     // Field order matters for drop: the vCPU and VM go before the memory they map.
     machine: Machine,
     ram: GuestRam,
-    /// The shared net ring's I/O thread, when one is running. Before `devices`: it is stopped
-    /// (on drop) before the taps it writes are closed.
-    ring: Option<NetRing>,
+    /// The shared ring's I/O thread, when one is running. Before `devices`: it is stopped (on
+    /// drop) before the taps and files it uses are closed.
+    ring: Option<Ring>,
     devices: Vec<Device>,
     poller: Poller,
     seccomp: SeccompMode,
@@ -136,7 +136,7 @@ pub struct Vm {
     core: Option<CoreDump>,
     started: Instant,
     pub stats: Stats,
-    /// Problems that did not stop the run: the net ring falling back to hypercalls (setup), its
+    /// Problems that did not stop the run: the ring falling back to hypercalls (setup), its
     /// thread not stopping in time (end of the run).
     pub warnings: Vec<String>,
 }
@@ -160,7 +160,8 @@ impl Vm {
 
         let mut warnings = Vec::new();
         let has_net = devices.iter().any(|d| matches!(d, Device::Net(_)));
-        let (total, limit) = memory_layout(config.mem_bytes, has_net);
+        let has_block = devices.iter().any(|d| matches!(d, Device::Block(_)));
+        let (total, limit) = memory_layout(config.mem_bytes, has_net, has_block);
         if kernel.kernel_end > limit {
             let reason = format!("kernel ends at {:#x}, above the memory left below the net ring", kernel.kernel_end);
             return Err(Error::Kernel { path: config.kernel.display().to_string(), reason });
@@ -169,16 +170,23 @@ impl Vm {
         boot::load_kernel(&mut ram, &kernel, &image)?;
         let machine = Machine::new(&ram)?;
         // After load_kernel: the ring's thread takes a copy of `ram` with its read-only ranges.
-        let ring = if has_net {
-            let taps = devices.iter().map(|d| if let Device::Net(n) = d { Some(n.io()) } else { None }).collect();
-            NetRing::start(&machine.vm, &ram, limit, taps)
-                .map_err(|e| warnings.push(format!("net ring not available ({e}), using hypercalls")))
+        let ring = if total > limit {
+            let targets = devices
+                .iter()
+                .map(|d| match d {
+                    Device::Net(n) => Target::Net(n.io()),
+                    Device::Block(b) => Target::Block(b.io()),
+                    Device::None => Target::None,
+                })
+                .collect();
+            Ring::start(&machine.vm, &ram, limit, targets)
+                .map_err(|e| warnings.push(format!("I/O ring not available ({e}), using hypercalls")))
                 .ok()
         } else {
             None
         };
         let (net_ring, features) = match ring {
-            Some(_) => (limit, guest_abi::HVT_FEATURE_RING_IO),
+            Some(_) => (limit, ring_features(has_net, has_block)),
             None => (0, 0),
         };
         boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz, net_ring, features)?;
@@ -196,7 +204,8 @@ impl Vm {
                     Device::None => DeviceStats::default(),
                 })
                 .collect(),
-            net_ring: ring.is_some(),
+            net_ring: features & guest_abi::HVT_FEATURE_RING_IO != 0,
+            block_ring: features & guest_abi::TENDER_FEATURE_BLOCK_RING != 0,
             ..Default::default()
         };
         Ok(Vm {
@@ -249,15 +258,24 @@ impl Vm {
         let mut end = self.run_loop();
         if let Some(ring) = &self.ring {
             if !ring.stop() {
-                self.warnings
-                    .push("the net ring's I/O thread did not stop in time: frames sent last may be lost".into());
+                self.warnings.push("the ring's I/O thread did not stop in time: frames sent last may be lost".into());
             }
             // The thread's fault, whether it stopped the vCPU (SIGUSR1) or was found by the last
-            // pass over the ring after the guest halted, makes the run a guest fault.
+            // pass over the ring after the guest halted, decides how the run ended.
             if let Some(fault) = ring.fault()
                 && !matches!(end, RunEnd::GuestError { .. } | RunEnd::HostError(_))
             {
-                end = RunEnd::GuestError { error: GuestError::NetRing(fault), rip: self.rip() };
+                end = match fault {
+                    RingFault::Storage { handle, op, errno } => {
+                        let device = match self.devices.get(handle as usize) {
+                            Some(Device::Block(b)) => b.name.clone(),
+                            _ => format!("handle {handle}"),
+                        };
+                        let err = crate::devices::block::host_io_error(errno);
+                        RunEnd::HostError(HypercallError::HostIo { device, op, err }.to_string())
+                    }
+                    guest => RunEnd::GuestError { error: GuestError::Ring(guest), rip: self.rip() },
+                };
             }
             for (stats, counters) in self.stats.devices.iter_mut().zip(ring.counters()) {
                 counters.add_to(stats);
@@ -276,7 +294,7 @@ impl Vm {
             output_fds: vec![1, 2, wake],
             epoll_fd: Some(epoll),
             timer_fd: Some(timer),
-            ring_kick_fd: self.ring.as_ref().map(NetRing::kick_fd),
+            ring_kick_fd: self.ring.as_ref().map(Ring::kick_fd),
             ring_fault_pid: self.ring.as_ref().map(|_| std::process::id()),
             core_dump: self.core.as_ref().map(|c| {
                 let [file, dir] = c.fds();
@@ -298,7 +316,7 @@ impl Vm {
         self.stats.to_first_instruction = Some(self.started.elapsed());
         loop {
             if let Some(sig) = signals::pending() {
-                // A SIGUSR1 from the net ring's thread becomes its guest fault in `run`.
+                // A SIGUSR1 from the ring's thread becomes its fault in `run`.
                 return match (sig, self.timeout) {
                     (libc::SIGALRM, Some(secs)) => RunEnd::Timeout(secs),
                     _ => RunEnd::Signal(sig),
@@ -417,8 +435,7 @@ impl Vm {
         self.ram.check_write(gpa, size_of::<HcBlock>() as u64)?;
         let read = nr == Hypercall::BlockRead;
         arg.ret = match self.device(arg.handle) {
-            Some(Device::Block(dev)) if read => dev.read(&self.ram, &arg)?,
-            Some(Device::Block(dev)) => dev.write(&self.ram, &arg)?,
+            Some(Device::Block(dev)) => dev.request(&self.ram, read, &arg)?,
             _ => SOLO5_R_EINVAL,
         };
         if arg.ret == SOLO5_R_OK {
@@ -540,7 +557,11 @@ fn attach_devices(config: &Config, manifest: &Manifest) -> Result<(Vec<Device>, 
             return Err(Error::Device(format!("device '{name}' is attached more than once")));
         }
         let dev = BlockDevice::open(&name, &spec.path, spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE))?;
-        entry.set_block(guest_abi::MftBlockBasic { capacity: dev.capacity, block_size: dev.block_size, _pad: [0; 6] });
+        entry.set_block(guest_abi::MftBlockBasic {
+            capacity: dev.capacity(),
+            block_size: dev.block_size(),
+            _pad: [0; 6],
+        });
         entry.attached = 1;
         devices[handle] = Device::Block(dev);
     }
@@ -609,13 +630,26 @@ fn resolve(manifest: &Manifest, name: Option<&str>, kind: DeviceKind, value: &st
     Ok(handle as usize)
 }
 
-/// Guest memory and where the net ring goes (ABI section 3): with a net device, 2 MiB more is
-/// mapped (within the 4 GiB cap) and the guest's `mem_size` stops where the ring starts, whether
-/// or not the ring then comes up. Returns (mapping size, guest-visible size).
-fn memory_layout(mem: u64, has_net: bool) -> (u64, u64) {
-    if !has_net {
-        return (mem, mem);
+/// Guest memory and where the ring goes (ABI section 3): with a net device, 2 MiB more is mapped
+/// (within the 4 GiB cap) and the guest's `mem_size` stops where the ring starts, whether or not
+/// the ring then comes up. With only block devices the ring (tender's block extension) gets the
+/// 2 MiB above `mem_size` when they fit under the cap, and there is none otherwise: `mem_size`
+/// is always `--mem`. Returns (mapping size, guest-visible size); a ring when they differ.
+fn memory_layout(mem: u64, has_net: bool, has_block: bool) -> (u64, u64) {
+    let area = guest_abi::NET_RING_AREA_SIZE;
+    if has_net {
+        let total = (mem + area).min(guest_abi::MEM_MAX);
+        (total, total - area)
+    } else if has_block && mem + area <= guest_abi::MEM_MAX {
+        (mem + area, mem)
+    } else {
+        (mem, mem)
     }
-    let total = (mem + guest_abi::NET_RING_AREA_SIZE).min(guest_abi::MEM_MAX);
-    (total, total - guest_abi::NET_RING_AREA_SIZE)
+}
+
+/// `host_features` for a running ring: Solo5's bit with a net device, tender's with a block one.
+fn ring_features(has_net: bool, has_block: bool) -> u32 {
+    let net = if has_net { guest_abi::HVT_FEATURE_RING_IO } else { 0 };
+    let block = if has_block { guest_abi::TENDER_FEATURE_BLOCK_RING } else { 0 };
+    net | block
 }

@@ -15,21 +15,35 @@ fn blk() -> String {
     guest("blk").to_str().unwrap().to_string()
 }
 
+/// The guest's two ways to the disk: tender's block ring (the default; tender maps it for any
+/// guest up to --mem=4094), and the hypercalls.
+const PATHS: [(&str, &[&str]); 2] = [("on", &[]), ("off", &["--no-ring"])];
+
+/// `tender ARGS blk GUEST_ARGS`, asking the guest for the given path to the disk.
+fn run_blk(args: &[&str], path: (&str, &[&str]), guest_args: &[&str]) -> (i32, String, String) {
+    let b = blk();
+    let (ring, extra) = path;
+    let all: Vec<&str> = args.iter().chain([&b.as_str()]).chain(guest_args).chain(extra).copied().collect();
+    let (code, out, err) = run(&all);
+    assert!(out.starts_with(&format!("blk: block ring {ring}\n")), "{all:?}: {out}{err}");
+    (code, out, err)
+}
+
 #[test]
 fn guest_verifies_whole_disk_for_several_sizes_and_sector_sizes() {
     let dir = TempDir::new("blk-sizes");
     for (size, sector) in [(512usize, 512u16), (64 << 10, 512), (1 << 20, 4096), (3 << 20, 512), (8 << 20, 4096)] {
-        let img = dir.file("disk.img", &vec![0u8; size]);
-        let attach = format!("--block:storage={}", img.display());
-        let sector_opt = format!("--block-sector-size:storage={sector}");
-        let (code, out, err) = run(&[&attach, &sector_opt, &blk()]);
-        assert_eq!(code, 0, "size {size} sector {sector}: {out}{err}");
-        assert!(
-            out.contains(&format!("blk: {} blocks of {sector} bytes verified", size / usize::from(sector))),
-            "{out}"
-        );
-        assert!(out.contains("blk: byte ranges ok"), "{out}");
-        assert!(out.contains("blk: error cases ok"), "{out}");
+        for path in PATHS {
+            let img = dir.file("disk.img", &vec![0u8; size]);
+            let attach = format!("--block:storage={}", img.display());
+            let sector_opt = format!("--block-sector-size:storage={sector}");
+            let (code, out, err) = run_blk(&[&attach, &sector_opt], path, &[]);
+            assert_eq!(code, 0, "size {size} sector {sector} ring {}: {out}{err}", path.0);
+            let blocks = size / usize::from(sector);
+            assert!(out.contains(&format!("blk: {blocks} blocks of {sector} bytes verified")), "{out}");
+            assert!(out.contains("blk: byte ranges ok"), "{out}");
+            assert!(out.contains("blk: error cases ok"), "{out}");
+        }
     }
 }
 
@@ -37,17 +51,19 @@ fn guest_verifies_whole_disk_for_several_sizes_and_sector_sizes() {
 fn guest_writes_reach_the_host_file_and_host_writes_reach_the_guest() {
     let dir = TempDir::new("blk-io");
     let size = 1 << 20;
-    let img = dir.file("disk.img", &vec![0u8; size]);
-    let attach = format!("--block:storage={}", img.display());
-    let (code, out, err) = run(&[&attach, &blk(), "write", "42"]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(std::fs::read(&img).unwrap() == pattern(size, 42), "the file holds what the guest wrote");
+    for path in PATHS {
+        let img = dir.file("disk.img", &vec![0u8; size]);
+        let attach = format!("--block:storage={}", img.display());
+        let (code, out, err) = run_blk(&[&attach], path, &["write", "42"]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(std::fs::read(&img).unwrap() == pattern(size, 42), "the file holds what the guest wrote");
 
-    std::fs::write(&img, pattern(size, 7)).unwrap();
-    let (code, out, err) = run(&[&attach, &blk(), "verify", "7"]);
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, _) = run(&[&attach, &blk(), "verify", "8"]);
-    assert_eq!(code, 1, "a wrong pattern is detected: {out}");
+        std::fs::write(&img, pattern(size, 7)).unwrap();
+        let (code, out, err) = run_blk(&[&attach], path, &["verify", "7"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, out, _) = run_blk(&[&attach], path, &["verify", "8"]);
+        assert_eq!(code, 1, "a wrong pattern is detected: {out}");
+    }
 }
 
 #[test]
@@ -93,21 +109,40 @@ fn bad_images_and_options_are_rejected() {
 }
 
 /// A host I/O failure during the run (here: the image shrinks under the guest, so a read finds
-/// the end of the file) ends the run with one clear line, never silently.
+/// the end of the file) ends the run with one clear line, never silently, on both paths.
 #[test]
 fn host_io_failure_ends_the_run() {
     let b = blk();
     let dir = TempDir::new("blk-shrink");
-    let size = 16 << 20;
-    let img = dir.file("disk.img", &pattern(size, 5));
-    let attach = format!("--block:storage={}", img.display());
-    let mut cmd = tender();
-    cmd.args([&attach, &b, "verify", "5"]);
-    let guest = Running::spawn(cmd);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(4096).unwrap();
-    let (code, out, err) = guest.wait();
-    assert_eq!(code, 1, "{out}{err}");
-    assert!(!out.contains("verified"), "{out}");
-    assert_one_error_line(&err, "Fatal error on storage: read failed");
+    let size = 1 << 20;
+    for (ring, extra) in PATHS {
+        let img = dir.file("disk.img", &pattern(size, 5));
+        let attach = format!("--block:storage={}", img.display());
+        let mut cmd = tender();
+        // The guest reads the disk over and over, so the shrink always lands during a run; the
+        // timeout only bounds a broken tender.
+        cmd.args(["--timeout=60", &attach, &b, "reverify", "5"]).args(extra);
+        let guest = Running::spawn(cmd);
+        wait_until_open(guest.pid(), &img);
+        std::fs::OpenOptions::new().write(true).open(&img).unwrap().set_len(4096).unwrap();
+        let (code, out, err) = guest.wait();
+        assert_eq!(code, 1, "ring {ring}: {out}{err}");
+        assert!(out.starts_with(&format!("blk: block ring {ring}\n")), "{out}");
+        assert!(!out.contains("mismatch"), "{out}");
+        assert_one_error_line(&err, "Fatal error on storage: read failed");
+    }
+}
+
+/// Waits until process `pid` holds `file` open (the tender has attached it).
+fn wait_until_open(pid: u32, file: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let fds = format!("/proc/{pid}/fd");
+    loop {
+        let entries = std::fs::read_dir(&fds).into_iter().flatten().flatten();
+        if entries.filter_map(|e| std::fs::read_link(e.path()).ok()).any(|target| target == file) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "tender never opened {}", file.display());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }

@@ -40,7 +40,7 @@ fn timeout_is_1() {
 }
 
 /// SIGINT and SIGTERM end a running guest with status 1 and one line, as solo5-hvt does; so
-/// does SIGUSR1 (which the net ring's I/O thread uses to stop the vCPU).
+/// does SIGUSR1 (which the ring's I/O thread uses to stop the vCPU).
 #[test]
 fn sigint_sigterm_and_sigusr1_are_1() {
     for (sig, num) in [(libc::SIGINT, 2), (libc::SIGTERM, 15), (libc::SIGUSR1, 10)] {

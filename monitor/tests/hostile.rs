@@ -25,7 +25,9 @@
 //! | `struct-low-area` | WALLTIME struct at GPA 0x9000 (RAM) | answered (allowed) |
 //! | `bad-handles` | BLOCK_READ with handles 0, 2, 63, 64, 2^32, 2^63, 2^64 − 1 | EINVAL (`ret=2`) each, answered |
 //! | `net-call-on-block-handle` | NET_WRITE and NET_READ on the block device's handle | EINVAL each, answered |
-//! | `block-ranges` | BLOCK_WRITE and BLOCK_READ: offset at / past capacity, offset + len past capacity, overflowing, wrapping to 0; len 2^64 − 1, 2^63, −512; offset 1 and 256; len 511 and 513 | EINVAL each (24), answered; the block written first is intact (guest and host file), the refused reads left the buffer alone |
+//! | `block-ranges`, `ring-block-ranges` | BLOCK_WRITE and BLOCK_READ, by hypercall and through the block ring: offset at / past capacity, offset + len past capacity, overflowing, wrapping to 0; len 2^64 − 1, 2^63, −512 (2^32 − 1 in a ring entry); offset 1 and 256; len 511 and 513 | EINVAL each (24), answered; the block written first is intact (guest and host file), the refused reads left the buffer alone |
+//! | `ring-block-bad-handles` | block ring reads on handles 0, 2, 63, 2^32 − 1; a net write and a net read on the block handle | EINVAL commits, the net write dropped, answered |
+//! | `ring-block-read-out-of-range`, `ring-block-write-out-of-range`, `ring-block-read-into-ring`, `ring-block-read-into-text` | block ring entries: read into mem_size − 10; write from mem_size − 256; read into the ring; read into .text | refused by the I/O thread: `ring: invalid guest access: …`; file unchanged. With `--mem=4096` no block ring is offered |
 //! | `block-buffer-out-of-range` | BLOCK_READ into mem_size | refused, `invalid guest access`; file unchanged |
 //! | `block-write-buffer-straddle` | BLOCK_WRITE from mem_size − 256, 512 bytes | refused; file unchanged |
 //! | `block-write-struct-in-rodata`, `block-read-struct-in-rodata` | the BLOCK_WRITE / BLOCK_READ struct itself in .rodata | refused: `… (write to memory outside the guest's writable RAM)`; nothing written to the file |
@@ -34,7 +36,7 @@
 //! | `write-text`, `write-rodata` | a plain store into the guest's own .text / .rodata (guest page tables allow it, the host mapping does not) | refused: `KVM: host/guest translation fault` (EFAULT: VMX, and this host) or `guest access to unmapped or read-only memory: write at gpa=…` (MMIO exit: KVM-PVM) |
 //! | `outb`, `outw`, `inl` | 1- and 2-byte OUT, 4-byte IN on port 0x501 | refused: `Invalid guest port access: port=0x501, size=N, direction=…` |
 //! | `outb-0x509` | 1-byte OUT one past the last hypercall port (open in guest-rt's I/O bitmap) | refused: `port=0x509, size=1` |
-//! | `outl-0x600` | the net-ring kick port, with no ring | refused: `port=0x600, size=4` |
+//! | `outl-0x600` | the ring's kick port: with a block device there is a ring (tender's block extension); with `--mem=4096` there is none | a kick, answered; with `--mem=4096` refused: `port=0x600, size=4` |
 //! | `rep-outsd` | `rep outsd` of two WALLTIME struct addresses to 0x501 | KVM makes one exit per dword: two ordinary hypercalls, both structs filled, answered (a host batching them would give `size=8`, refused: also accepted) |
 //! | `outl-0x500`, `outl-0x4ff`, `outl-0x509` | ports guest-rt's TSS I/O bitmap keeps closed at CPL 3 | #GP in the guest, never reaches tender |
 //! | `hlt` | `hlt` at CPL 3 (where guest-rt runs all Rust) | #GP in the guest |
@@ -55,9 +57,9 @@
 //! | net `block-call-on-net-handle` | BLOCK_WRITE and BLOCK_READ on the NIC's handle | EINVAL each, answered |
 //! | net `read-out-of-range`, `read-huge`, `write-out-of-range` | NET_READ at mem_size − 10 (1514 bytes), len 2^64 − 1; NET_WRITE at mem_size − 10 | refused, `invalid guest access` |
 //! | net `read-into-text`, `read-struct-in-rodata` | NET_READ buffer in .text; NET_READ struct in .rodata | refused: `(write to memory outside the guest's writable RAM)` |
-//! | net `ring-write-out-of-range`, `ring-read-out-of-range`, `ring-read-huge`, `ring-read-into-ring` | net ring entries: write at mem_size − 10; read at mem_size − 10, of 2^32 − 1 bytes, into the ring itself (also with `--mem=4096`: the ring at 4094 MiB) | refused by the I/O thread, which stops the vCPU: `net ring: invalid guest access: …` |
-//! | net `ring-read-into-text` | net ring read into .text | refused: `net ring: … (write to memory outside the guest's writable RAM)` |
-//! | net `ring-index-jump`, `ring-index-behind` | `ent_tail` 5000 ahead of the head; one behind it | refused: `net ring: ent_tail=… is more than 1024 entries ahead of ent_head=…` |
+//! | net `ring-write-out-of-range`, `ring-read-out-of-range`, `ring-read-huge`, `ring-read-into-ring` | net ring entries: write at mem_size − 10; read at mem_size − 10, of 2^32 − 1 bytes, into the ring itself (also with `--mem=4096`: the ring at 4094 MiB) | refused by the I/O thread, which stops the vCPU: `ring: invalid guest access: …` |
+//! | net `ring-read-into-text` | net ring read into .text | refused: `ring: … (write to memory outside the guest's writable RAM)` |
+//! | net `ring-index-jump`, `ring-index-behind` | `ent_tail` 5000 ahead of the head; one behind it | refused: `ring: ent_tail=… is more than 1024 entries ahead of ent_head=…` |
 //! | net `ring-bad-entries` | reads and writes on handles 0, 2, 63, 64, 2^32 − 1; operations 0 and 2^32 − 1; writes of 0, 13, MTU + 15 bytes | reads answered EINVAL, the rest dropped; every entry taken, answered |
 //! | net `ring-forged-host-indices` | the guest overwrites `ent_head` and `com_tail` (the host's), then posts a read | the tender keeps its own indices: `com_tail=1` and an ordinary answer (AGAIN, or a frame if the host's network stack sent one), answered |
 //! | net `ring-kick-storm` | 10,000 kicks of port 0x600 | nothing happens (KVM counts them on the eventfd), answered |
@@ -129,7 +131,10 @@ fn run_hostile(mode: &str, extra: &[&str]) -> Run {
     let img = dir.file("disk.img", &disk_before);
     let attach = format!("--block:storage={}", img.display());
     let mut cmd = tender();
-    cmd.arg("--mem=32").arg(&attach).args(extra).arg(&g).arg(mode);
+    if !extra.iter().any(|a| a.starts_with("--mem")) {
+        cmd.arg("--mem=32");
+    }
+    cmd.arg(&attach).args(extra).arg(&g).arg(mode);
     let output = cmd.output().expect("spawn tender");
     let code = status_of(mode, &output);
     let (_, out, err) = decode(output);
@@ -317,7 +322,6 @@ fn wrong_port_accesses() {
             ("outw", Refused(&["tender: Invalid guest port access: port=0x501, size=2, direction=out, rip=0x"])),
             ("inl", Refused(&["tender: Invalid guest port access: port=0x501, size=4, direction=in, rip=0x"])),
             ("outb-0x509", Refused(&["tender: Invalid guest port access: port=0x509, size=1, direction=out, rip="])),
-            ("outl-0x600", Refused(&["tender: Invalid guest port access: port=0x600, size=4, direction=out, rip="])),
             ("outl-0x500", GeneralProtection),
             ("outl-0x4ff", GeneralProtection),
             ("outl-0x509", GeneralProtection),
@@ -344,13 +348,66 @@ fn bad_handles_get_einval() {
 
 #[test]
 fn block_ranges_get_einval_and_data_stays_intact() {
-    let run = run_hostile("block-ranges", &[]);
-    check(&run, &Want::Answered(&["read buffer intact: true", "block 0 intact: true"])).unwrap();
-    assert_eq!(run.out.matches(": ret=2\n").count(), 24, "{}", run.context());
-    assert!(!run.out.contains(": ret=0"), "{}", run.context());
-    // The host file: block 0 is what the guest wrote before the attacks, the rest untouched.
-    assert!(run.disk_after[..BLOCK].iter().all(|&b| b == 0x5a), "block 0 was overwritten");
-    assert!(run.disk_after[BLOCK..] == run.disk_before[BLOCK..], "an attack wrote to the file");
+    // By hypercall, then the same requests through tender's block ring.
+    for mode in ["block-ranges", "ring-block-ranges"] {
+        let run = run_hostile(mode, &[]);
+        check(&run, &Want::Answered(&["read buffer intact: true", "block 0 intact: true"])).unwrap();
+        assert_eq!(run.out.matches(": ret=2\n").count(), 24, "{}", run.context());
+        assert!(!run.out.contains(": ret=0"), "{}", run.context());
+        // The host file: block 0 is what the guest wrote before the attacks, the rest untouched.
+        assert!(run.disk_after[..BLOCK].iter().all(|&b| b == 0x5a), "{mode}: block 0 was overwritten");
+        assert!(run.disk_after[BLOCK..] == run.disk_before[BLOCK..], "{mode}: an attack wrote to the file");
+    }
+}
+
+/// Tender's block extension of the ring: bad handles and net operations on the block handle are
+/// answered EINVAL; a buffer the request may not use ends the run from the I/O thread, with
+/// the file untouched. With `--mem=4096` there is no room for the ring above a block-only
+/// guest's memory: no ring, and port 0x600 is an ordinary bad port again.
+#[test]
+fn block_ring_attacks() {
+    use Want::{Answered, Refused};
+    expect_all(
+        &[
+            (
+                "ring-block-bad-handles",
+                Answered(&[
+                    "handle 0x0: ret=Some(2)",
+                    "handle 0x2: ret=Some(2)",
+                    "handle 0x3f: ret=Some(2)",
+                    "handle 0xffffffff: ret=Some(2)",
+                    "net read on the block handle: ret=Some(2)",
+                ]),
+            ),
+            (
+                "ring-block-read-out-of-range",
+                Refused(&["tender: ring: invalid guest access: gpa=0x1fffff6, size=512, rip="]),
+            ),
+            (
+                "ring-block-write-out-of-range",
+                Refused(&["tender: ring: invalid guest access: gpa=0x1ffff00, size=512, rip="]),
+            ),
+            (
+                "ring-block-read-into-ring",
+                Refused(&["tender: ring: invalid guest access: gpa=0x2000000, size=512, rip="]),
+            ),
+            (
+                "ring-block-read-into-text",
+                Refused(&[
+                    "tender: ring: invalid guest access: gpa=0x10",
+                    "(write to memory outside the guest's writable RAM)",
+                ]),
+            ),
+            ("outl-0x600", Answered(&["the tender answered"])),
+        ],
+        false,
+    );
+    let run = run_hostile("ring-block-ranges", &["--mem=4096"]);
+    assert_eq!(run.code, 3, "no block ring at --mem=4096: {}", run.context());
+    assert!(run.out.contains("the tender offers no block ring"), "{}", run.context());
+    let run = run_hostile("outl-0x600", &["--mem=4096"]);
+    check(&run, &Want::Refused(&["tender: Invalid guest port access: port=0x600, size=4, direction=out, rip="]))
+        .unwrap();
 }
 
 #[test]
@@ -554,21 +611,18 @@ fn net_attacks() {
         ("write-out-of-range", Refused(&["tender: invalid guest access: gpa=0x1fffff6, size=60, rip="])),
         ("read-into-text", Refused(READ_ONLY)),
         ("read-struct-in-rodata", Refused(READ_ONLY)),
-        ("ring-write-out-of-range", Refused(&["tender: net ring: invalid guest access: gpa=0x1fffff6, size=60, rip="])),
-        (
-            "ring-read-out-of-range",
-            Refused(&["tender: net ring: invalid guest access: gpa=0x1fffff6, size=1514, rip="]),
-        ),
-        ("ring-read-huge", Refused(&["tender: net ring: invalid guest access: gpa=", ", size=4294967295, rip="])),
-        ("ring-read-into-ring", Refused(&["tender: net ring: invalid guest access: gpa=0x2000000, size=1514, rip="])),
-        ("ring-read-into-text", Refused(&["tender: net ring: invalid guest access: gpa=0x10"])),
+        ("ring-write-out-of-range", Refused(&["tender: ring: invalid guest access: gpa=0x1fffff6, size=60, rip="])),
+        ("ring-read-out-of-range", Refused(&["tender: ring: invalid guest access: gpa=0x1fffff6, size=1514, rip="])),
+        ("ring-read-huge", Refused(&["tender: ring: invalid guest access: gpa=", ", size=4294967295, rip="])),
+        ("ring-read-into-ring", Refused(&["tender: ring: invalid guest access: gpa=0x2000000, size=1514, rip="])),
+        ("ring-read-into-text", Refused(&["tender: ring: invalid guest access: gpa=0x10"])),
         (
             "ring-index-jump",
-            Refused(&["tender: net ring: ent_tail=0x1388 is more than 1024 entries ahead of ent_head=0x0"]),
+            Refused(&["tender: ring: ent_tail=0x1388 is more than 1024 entries ahead of ent_head=0x0"]),
         ),
         (
             "ring-index-behind",
-            Refused(&["tender: net ring: ent_tail=0xffffffff is more than 1024 entries ahead of ent_head=0x0"]),
+            Refused(&["tender: ring: ent_tail=0xffffffff is more than 1024 entries ahead of ent_head=0x0"]),
         ),
         ("ring-bad-entries", Answered(&["hostile-net: every entry taken\n"])),
         ("ring-forged-host-indices", Answered(&["hostile-net: com_tail=1 ret="])),
@@ -576,7 +630,7 @@ fn net_attacks() {
         ("ring-kick-byte", Refused(&["tender: Invalid guest port access: port=0x600, size=1, direction=out, rip="])),
         (
             "ring-write-out-of-range-then-halt",
-            Refused(&["tender: net ring: invalid guest access: gpa=0x1fffff6, size=60, rip="]),
+            Refused(&["tender: ring: invalid guest access: gpa=0x1fffff6, size=60, rip="]),
         ),
     ];
     let mut failures: Vec<String> =
@@ -592,7 +646,7 @@ fn net_attacks() {
     let (_, out, err) = decode(output);
     let run =
         Run { mode: "ring-read-into-ring (4096)".into(), code, out, err, disk_before: vec![], disk_after: vec![] };
-    if let Err(e) = check(&run, &Refused(&["net ring: invalid guest access: gpa=0xffe00000, size=1514, rip="])) {
+    if let Err(e) = check(&run, &Refused(&["ring: invalid guest access: gpa=0xffe00000, size=1514, rip="])) {
         failures.push(e);
     }
     let run = run_in_ns("ring-bad-entries");

@@ -60,12 +60,22 @@ fn report_counts_block_traffic() {
     let dir = TempDir::new("report-blk");
     let img = dir.file("d.img", &vec![0u8; 64 << 10]);
     let attach = format!("--block:storage={}", img.display());
+    let traffic = "{\"name\":\"storage\",\"type\":\"block\",\"read_ops\":0,\"read_bytes\":0,\"write_ops\":1,\"write_bytes\":65536}";
+    // Through the ring: counted in `devices`, no exit.
     let (code, r) = report_of(&[&attach, blk.to_str().unwrap(), "write", "1"]);
     assert_eq!(code, 0, "{r}");
-    assert!(
-        r.contains("{\"name\":\"storage\",\"type\":\"block\",\"read_ops\":0,\"read_bytes\":0,\"write_ops\":1,\"write_bytes\":65536}"),
-        "{r}"
-    );
+    assert!(r.contains("\"block_ring\":true") && r.contains("\"block_write\":0,"), "{r}");
+    assert!(r.contains(traffic), "{r}");
+    // Through the hypercall: the same traffic, one exit.
+    let (code, r) = report_of(&[&attach, blk.to_str().unwrap(), "write", "1", "--no-ring"]);
+    assert_eq!(code, 0, "{r}");
+    assert!(r.contains("\"block_ring\":true") && r.contains("\"block_write\":1,"), "{r}");
+    assert!(r.contains(traffic), "{r}");
+    // No room for the ring above 4 GiB - 2 MiB of guest memory: not offered.
+    let (code, r) = report_of(&["--mem=4096", &attach, blk.to_str().unwrap(), "write", "1"]);
+    assert_eq!(code, 0, "{r}");
+    assert!(r.contains("\"block_ring\":false") && r.contains("\"block_write\":1,"), "{r}");
+    assert!(r.contains(traffic), "{r}");
 }
 
 #[test]

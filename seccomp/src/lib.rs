@@ -53,11 +53,11 @@ pub struct Allowlist {
     pub epoll_fd: Option<RawFd>,
     /// The poll timer: `timerfd_settime`.
     pub timer_fd: Option<RawFd>,
-    /// The net ring's kick eventfd: `read` (the I/O thread sleeps on it) and `write` (the vCPU
+    /// The shared ring's kick eventfd: `read` (the I/O thread sleeps on it) and `write` (the vCPU
     /// thread wakes it to stop it).
     pub ring_kick_fd: Option<RawFd>,
-    /// With a net ring, the tender's own pid: its I/O thread may `kill(pid, SIGUSR1)` to stop the
-    /// vCPU when the guest breaks the ring's rules.
+    /// With a ring, the tender's own pid: its I/O thread may `kill(pid, SIGUSR1)` to stop the
+    /// vCPU when the guest breaks the ring's rules or a block file fails.
     pub ring_fault_pid: Option<u32>,
 }
 

@@ -105,7 +105,7 @@ fn kill_init_usr1() -> i64 {
     unsafe { libc::syscall(libc::SYS_kill, 1, libc::SIGUSR1) }
 }
 
-/// With a net ring, `kill` is allowed for exactly one pid (tender's own) and SIGUSR1.
+/// With a ring, `kill` is allowed for exactly one pid (tender's own) and SIGUSR1.
 #[test]
 fn kill_only_sigusr1_to_the_ring_pid() {
     let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
@@ -123,7 +123,7 @@ fn kill_only_sigusr1_to_the_ring_pid() {
     assert_eq!(status.signal(), Some(libc::SIGUSR1), "the allowed kill went through");
 }
 
-/// With a net ring, its kick eventfd may be read and written; other fds stay closed to `read`.
+/// With a ring, its kick eventfd may be read and written; other fds stay closed to `read`.
 #[test]
 fn ring_kick_fd_is_readable_and_writable() {
     let rules = Allowlist { ring_kick_fd: Some(42), ..base() }.rules();

@@ -3,7 +3,8 @@
 //!
 //! `bench calls N` times N of each cheap hypercall (WALLTIME, PUTS of 0 bytes, POLL with a 0
 //! timeout) and N block reads and writes of 512 B and 64 KiB; `bench seq BATCH` reads and then
-//! writes the whole disk sequentially in requests of BATCH bytes.
+//! writes the whole disk sequentially in requests of BATCH bytes. Block requests go through the
+//! tender's block ring when it offers one; `--no-ring` keeps them on the hypercalls.
 #![no_std]
 #![no_main]
 
@@ -77,13 +78,18 @@ fn seq(disk: &BlockDevice, batch: u64) {
 }
 
 fn main() -> i32 {
-    let mut args = guest_rt::cmdline().split_whitespace();
+    let words = guest_rt::cmdline().split_whitespace();
+    if words.clone().any(|w| w == "--no-ring") {
+        guest_rt::ring::disable();
+    }
+    let mut args = words.filter(|w| *w != "--no-ring");
     let mode = args.next().unwrap_or("calls");
     let arg: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let Ok(disk) = BlockDevice::open("storage") else {
         println!("bench: no storage device");
         return 2;
     };
+    println!("bench: block ring {}", if guest_rt::ring::block_active() { "on" } else { "off" });
     match mode {
         "calls" => calls(&disk, arg),
         "seq" => seq(&disk, arg),

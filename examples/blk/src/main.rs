@@ -3,7 +3,11 @@
 //! - no arguments: writes a pattern over the whole disk, in batched requests, reads it back in
 //!   single-block requests and verifies it, then checks that the tender refuses bad requests;
 //! - `write SEED`: writes the pattern for SEED over the whole disk;
-//! - `verify SEED`: checks that the disk holds the pattern for SEED (exit 1 if not).
+//! - `verify SEED`: checks that the disk holds the pattern for SEED (exit 1 if not);
+//! - `reverify SEED`: checks it again and again, until a check or a request fails.
+//!
+//! The requests go through tender's block ring when it offers one; `--no-ring` (anywhere on the
+//! command line) keeps them on the hypercalls. The first line says which path is in use.
 //!
 //! The pattern: the 8-byte word at byte offset `o` is `(o ^ seed) * 0x9E3779B97F4A7C15`, LE.
 #![no_std]
@@ -132,6 +136,12 @@ fn run(disk: &BlockDevice, mode: &str, seed: u64) -> Result<i32, Error> {
             }
             println!("blk: pattern {seed} verified");
         }
+        "reverify" => loop {
+            if let Some(bad) = verify_all(disk, seed)? {
+                println!("blk: mismatch at offset {bad}");
+                return Ok(1);
+            }
+        },
         _ => {
             write_all(disk, seed)?;
             if let Some(bad) = verify_all(disk, seed)? {
@@ -153,7 +163,11 @@ fn run(disk: &BlockDevice, mode: &str, seed: u64) -> Result<i32, Error> {
 }
 
 fn main() -> i32 {
-    let mut args = guest_rt::cmdline().split_whitespace();
+    let words = guest_rt::cmdline().split_whitespace();
+    if words.clone().any(|w| w == "--no-ring") {
+        guest_rt::ring::disable();
+    }
+    let mut args = words.filter(|w| *w != "--no-ring");
     let mode = args.next().unwrap_or("");
     let seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     let disk = match BlockDevice::open("storage") {
@@ -163,6 +177,7 @@ fn main() -> i32 {
             return 2;
         }
     };
+    println!("blk: block ring {}", if guest_rt::ring::block_active() { "on" } else { "off" });
     match run(&disk, mode, seed) {
         Ok(status) => status,
         Err(e) => {

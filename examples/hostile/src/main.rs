@@ -12,9 +12,15 @@ extern crate alloc;
 
 use alloc::vec;
 
-use guest_rt::abi::{HcBlock, HcNet, HcPoll, HcPuts, HcWalltime, Hypercall, TRAP_REPORT_MAGIC, TrapFrame, TrapReport};
+use guest_rt::abi::{
+    HcBlock, HcNet, HcPoll, HcPuts, HcWalltime, Hypercall, NET_RING_OP_READ, NET_RING_OP_WRITE, RING_OP_BLOCK_READ,
+    RING_OP_BLOCK_WRITE, TRAP_REPORT_MAGIC, TrapFrame, TrapReport,
+};
 use guest_rt::hypercall::{self, hypercall};
 use guest_rt::{BlockDevice, println};
+
+mod raw_ring;
+use raw_ring::{RawRing, block_entry, entry};
 
 guest_rt::unikernel!(main, block: ["storage"]);
 
@@ -206,7 +212,8 @@ fn main() -> i32 {
             println!("hostile: NET_READ: ret={}", net_raw(Hypercall::NetRead, 1, p, 60));
         }
         // Offsets and lengths against a real device; what was written before must survive.
-        "block-ranges" => return block_ranges(),
+        "block-ranges" => return block_ranges(None),
+        a if a.starts_with("ring-block-") => return block_ring_attack(a, mem),
         "block-buffer-out-of-range" => {
             block_raw(Hypercall::BlockRead, 1, 0, mem, 512);
         }
@@ -327,7 +334,66 @@ fn main() -> i32 {
     ANSWERED
 }
 
-fn block_ranges() -> i32 {
+/// The block requests of `block-ranges` through tender's block ring: answered the same way, and
+/// a bad buffer ends the run from the ring's I/O thread.
+fn block_ring_attack(attack: &str, mem: u64) -> i32 {
+    let Some(base) = guest_rt::ring::block_address() else {
+        println!("hostile: the tender offers no block ring");
+        return SETUP_FAILED;
+    };
+    let ring = RawRing(base);
+    let mut buf = vec![0u8; 1024];
+    let p = buf.as_mut_ptr() as u64;
+    let (read, write) = (RING_OP_BLOCK_READ, RING_OP_BLOCK_WRITE);
+    let fatal = match attack {
+        "ring-block-ranges" => return block_ranges(Some(ring)),
+        // Handles that are no block device, and net operations on the block device: EINVAL
+        // for each operation with a commit, the net write dropped.
+        "ring-block-bad-handles" => {
+            for h in [0u64, 2, 63, u64::from(u32::MAX)] {
+                let ret = ring.call(block_entry(read, h, 0, p, 512)).map(|c| c.ret);
+                println!("hostile: ring block read on handle {h:#x}: ret={ret:?}");
+            }
+            ring.post(&[entry(NET_RING_OP_WRITE, 1, p, 60)]);
+            let ret = ring.call(entry(NET_RING_OP_READ, 1, p, 1514)).map(|c| c.ret);
+            println!("hostile: ring net read on the block handle: ret={ret:?}");
+            false
+        }
+        "ring-block-read-out-of-range" => {
+            ring.post(&[block_entry(read, 1, 0, mem - 10, 512)]);
+            true
+        }
+        "ring-block-write-out-of-range" => {
+            ring.post(&[block_entry(write, 1, 0, mem - 256, 512)]);
+            true
+        }
+        "ring-block-read-into-text" => {
+            ring.post(&[block_entry(read, 1, 0, text_address() & !0xfff, 512)]);
+            true
+        }
+        "ring-block-read-into-ring" => {
+            ring.post(&[block_entry(read, 1, 0, base, 512)]);
+            true
+        }
+        _ => {
+            println!("hostile: unknown attack");
+            return UNKNOWN;
+        }
+    };
+    if fatal {
+        // The tender must end the run; give it ~10 s.
+        let deadline = guest_rt::monotonic_ns() + 10_000_000_000;
+        while guest_rt::monotonic_ns() < deadline {}
+        println!("hostile: still running 10 s after the attack");
+        return 5;
+    }
+    println!("hostile: the tender answered and the guest goes on");
+    ANSWERED
+}
+
+/// The range cases by hypercall, or through `ring` (lengths over 4 GiB become 2^32 - 1 there,
+/// the most an entry holds).
+fn block_ranges(ring: Option<RawRing>) -> i32 {
     let Ok(disk) = BlockDevice::open("storage") else { return SETUP_FAILED };
     let (cap, bs) = (disk.capacity(), disk.block_size());
     let mut known = vec![0x5au8; bs as usize];
@@ -351,7 +417,15 @@ fn block_ranges() -> i32 {
     ];
     for nr in [Hypercall::BlockWrite, Hypercall::BlockRead] {
         for (what, offset, len) in cases {
-            println!("hostile: {nr:?} {what}: ret={}", block_raw(nr, disk.handle(), offset, p, len));
+            let ret = match ring {
+                None => block_raw(nr, disk.handle(), offset, p, len),
+                Some(ring) => {
+                    let op = if nr == Hypercall::BlockRead { RING_OP_BLOCK_READ } else { RING_OP_BLOCK_WRITE };
+                    let len = u32::try_from(len).unwrap_or(u32::MAX);
+                    ring.call(block_entry(op, disk.handle(), offset, p, len)).map_or(-1, |c| c.ret)
+                }
+            };
+            println!("hostile: {nr:?} {what}: ret={ret}");
         }
     }
     // A refused read must not have touched the buffer; the block written first is still there.

@@ -1,12 +1,12 @@
 //! Block devices: a host file per `--block:NAME=PATH`, BLOCK_READ and BLOCK_WRITE.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use guest_abi::{HcBlock, SOLO5_R_EINVAL, SOLO5_R_OK};
 
-use crate::memory::GuestRam;
+use crate::memory::{GuestFault, GuestRam};
 use crate::vm::HypercallError;
 
 pub const DEFAULT_BLOCK_SIZE: u16 = 512;
@@ -23,9 +23,9 @@ pub enum BlockError {
 
 pub struct BlockDevice {
     pub name: String,
+    /// Owns the fd that `io` uses; lives until the process exits.
     file: File,
-    pub capacity: u64,
-    pub block_size: u16,
+    io: BlockIo,
 }
 
 impl BlockDevice {
@@ -40,50 +40,100 @@ impl BlockDevice {
         if capacity < bs {
             return Err(BlockError::TooSmall { name: name.into(), block_size });
         }
-        Ok(BlockDevice { name: name.into(), file, capacity, block_size })
+        let io = BlockIo { fd: file.as_raw_fd(), capacity, block_size };
+        Ok(BlockDevice { name: name.into(), file, io })
     }
 
     pub fn raw_fd(&self) -> i32 {
         self.file.as_raw_fd()
     }
 
-    /// The request's byte range, if it is whole blocks inside the device. Several blocks per
+    pub fn capacity(&self) -> u64 {
+        self.io.capacity
+    }
+
+    pub fn block_size(&self) -> u16 {
+        self.io.block_size
+    }
+
+    /// The requests, for the hypercalls and for the ring's thread.
+    pub fn io(&self) -> BlockIo {
+        self.io
+    }
+
+    /// BLOCK_READ or BLOCK_WRITE by hypercall. Returns the ABI result code.
+    pub fn request(&self, ram: &GuestRam, read: bool, req: &HcBlock) -> Result<i32, HypercallError> {
+        self.io.request(ram, read, req.offset, req.data, req.len).map_err(|e| match e {
+            BlockIoError::Guest(fault) => fault.into(),
+            BlockIoError::Host { op, errno } => {
+                HypercallError::HostIo { device: self.name.clone(), op, err: host_io_error(errno) }
+            }
+        })
+    }
+}
+
+/// Why a block request could not be answered: either ends the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockIoError {
+    /// The buffer is not guest memory the request may use.
+    Guest(GuestFault),
+    /// The host's read or write failed (`errno`), or the file ended early (`errno` 0).
+    Host { op: &'static str, errno: i32 },
+}
+
+/// The error for a [`BlockIoError::Host`]'s `errno`.
+pub fn host_io_error(errno: i32) -> std::io::Error {
+    match errno {
+        0 => std::io::ErrorKind::UnexpectedEof.into(),
+        e => std::io::Error::from_raw_os_error(e),
+    }
+}
+
+/// Block requests on a device's file. Copyable so that the ring's thread can hold one; the fd
+/// belongs to the [`BlockDevice`].
+#[derive(Clone, Copy, Debug)]
+pub struct BlockIo {
+    fd: RawFd,
+    capacity: u64,
+    block_size: u16,
+}
+
+impl BlockIo {
+    /// Whether `len` bytes at `offset` are whole blocks inside the device. Several blocks per
     /// request are fine (runtimes batch); partial blocks are not.
-    fn request_ok(&self, req: &HcBlock) -> bool {
+    fn request_ok(&self, offset: u64, len: u64) -> bool {
         let bs = u64::from(self.block_size);
-        req.len <= isize::MAX as u64
-            && req.offset < self.capacity
-            && req.offset.checked_add(req.len).is_some_and(|end| end <= self.capacity)
-            && req.offset.is_multiple_of(bs)
-            && req.len.is_multiple_of(bs)
+        len <= isize::MAX as u64
+            && offset < self.capacity
+            && offset.checked_add(len).is_some_and(|end| end <= self.capacity)
+            && offset.is_multiple_of(bs)
+            && len.is_multiple_of(bs)
     }
 
-    /// BLOCK_WRITE: guest memory to the file. Returns the ABI result code.
-    pub fn write(&self, ram: &GuestRam, req: &HcBlock) -> Result<i32, HypercallError> {
-        if !self.request_ok(req) {
+    /// Reads (`read`) the device at byte `offset` into the `len` bytes of guest memory at
+    /// `data`, or writes them there. Returns the ABI result code: EINVAL for a request outside
+    /// the device or not whole blocks.
+    pub fn request(&self, ram: &GuestRam, read: bool, offset: u64, data: u64, len: u64) -> Result<i32, BlockIoError> {
+        if !self.request_ok(offset, len) {
             return Ok(SOLO5_R_EINVAL);
         }
-        let buf = ram.slice(req.data, req.len)?;
-        let base = buf.ptr_guard().as_ptr();
-        self.transfer("write", buf.len(), req.offset, |done, offset| {
-            // SAFETY: `base..base+len` is a checked range of guest RAM (`ram.slice`) that stays
-            // mapped for this call, and `done < len`; the kernel only reads from it.
-            unsafe { libc::pwrite64(self.raw_fd(), base.add(done).cast(), buf.len() - done, offset) }
-        })
-    }
-
-    /// BLOCK_READ: the file to guest memory. Returns the ABI result code.
-    pub fn read(&self, ram: &GuestRam, req: &HcBlock) -> Result<i32, HypercallError> {
-        if !self.request_ok(req) {
-            return Ok(SOLO5_R_EINVAL);
+        if read {
+            let buf = ram.slice_mut(data, len).map_err(BlockIoError::Guest)?;
+            let base = buf.ptr_guard_mut().as_ptr();
+            self.transfer("read", buf.len(), offset, |done, at| {
+                // SAFETY: `base..base+len` is a checked, host-writable range of guest RAM
+                // (`ram.slice_mut`) that stays mapped for this call, and `done < len`.
+                unsafe { libc::pread64(self.fd, base.add(done).cast(), buf.len() - done, at) }
+            })
+        } else {
+            let buf = ram.slice(data, len).map_err(BlockIoError::Guest)?;
+            let base = buf.ptr_guard().as_ptr();
+            self.transfer("write", buf.len(), offset, |done, at| {
+                // SAFETY: `base..base+len` is a checked range of guest RAM (`ram.slice`) that
+                // stays mapped for this call, and `done < len`; the kernel only reads from it.
+                unsafe { libc::pwrite64(self.fd, base.add(done).cast(), buf.len() - done, at) }
+            })
         }
-        let buf = ram.slice_mut(req.data, req.len)?;
-        let base = buf.ptr_guard_mut().as_ptr();
-        self.transfer("read", buf.len(), req.offset, |done, offset| {
-            // SAFETY: `base..base+len` is a checked, host-writable range of guest RAM
-            // (`ram.slice_mut`) that stays mapped for this call, and `done < len`.
-            unsafe { libc::pread64(self.raw_fd(), base.add(done).cast(), buf.len() - done, offset) }
-        })
     }
 
     /// Repeats `io(done, file offset)` until `len` bytes moved. A host error, or the file ending
@@ -94,24 +144,20 @@ impl BlockDevice {
         len: usize,
         offset: u64,
         mut io: impl FnMut(usize, i64) -> isize,
-    ) -> Result<i32, HypercallError> {
+    ) -> Result<i32, BlockIoError> {
         let mut done = 0usize;
         while done < len {
             match io(done, (offset + done as u64) as i64) {
                 n if n > 0 => done += n as usize,
-                0 => return Err(self.io_error(op, std::io::ErrorKind::UnexpectedEof.into())),
+                0 => return Err(BlockIoError::Host { op, errno: 0 }),
                 _ => {
                     let err = std::io::Error::last_os_error();
                     if err.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(self.io_error(op, err));
+                        return Err(BlockIoError::Host { op, errno: err.raw_os_error().unwrap_or(libc::EIO) });
                     }
                 }
             }
         }
         Ok(SOLO5_R_OK)
-    }
-
-    fn io_error(&self, op: &'static str, err: std::io::Error) -> HypercallError {
-        HypercallError::HostIo { device: self.name.clone(), op, err }
     }
 }

@@ -2,8 +2,8 @@
 
 pub mod block;
 pub mod net;
-pub mod net_ring;
 pub mod poll;
+pub mod ring;
 
 use block::BlockDevice;
 use net::NetDevice;

@@ -4,15 +4,18 @@
 #![no_std]
 #![no_main]
 
-use core::sync::atomic::{AtomicU32, Ordering, fence};
+use core::sync::atomic::Ordering;
 
 use guest_rt::abi::{
-    HcBlock, HcNet, Hypercall, NET_RING_COM_HEAD, NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD,
-    NET_RING_ENT_TAIL, NET_RING_ENTRIES, NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK,
-    NET_RING_OP_READ, NET_RING_OP_WRITE, NetRingCommit, NetRingEntry,
+    HcBlock, HcNet, Hypercall, NET_RING_COM_HEAD, NET_RING_COM_TAIL, NET_RING_ENT_HEAD, NET_RING_ENT_TAIL,
+    NET_RING_KICK_PORT, NET_RING_OP_READ, NET_RING_OP_WRITE, NetRingEntry,
 };
 use guest_rt::hypercall::hypercall;
 use guest_rt::{NetDevice, println};
+
+#[path = "../raw_ring.rs"]
+mod raw_ring;
+use raw_ring::{RawRing, entry, kick};
 
 guest_rt::unikernel!(main, net: ["service"]);
 
@@ -50,64 +53,6 @@ fn block_raw(nr: Hypercall, handle: u64, data: u64, len: u64) -> i32 {
     // SAFETY: as above.
     unsafe { hypercall(nr, &mut arg) };
     arg.ret
-}
-
-/// The ring at `base`, driven by hand.
-#[derive(Clone, Copy)]
-struct RawRing(u64);
-
-impl RawRing {
-    fn index(self, offset: usize) -> &'static AtomicU32 {
-        // SAFETY: the tender maps the ring at `base` for the whole run (it offered it).
-        unsafe { &*((self.0 as usize + offset) as *const AtomicU32) }
-    }
-
-    /// Posts `entries` one after the other and kicks the tender if it sleeps.
-    fn post(self, entries: &[NetRingEntry]) {
-        let mut tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
-        for e in entries {
-            let at = self.0 as usize + NET_RING_ENTRIES_OFFSET + (tail % NET_RING_ENTRIES) as usize * 32;
-            // SAFETY: an entry slot inside the ring.
-            unsafe { (at as *mut NetRingEntry).write_volatile(*e) };
-            tail = tail.wrapping_add(1);
-        }
-        self.publish(tail);
-    }
-
-    fn publish(self, tail: u32) {
-        self.index(NET_RING_ENT_TAIL).store(tail, Ordering::Release);
-        fence(Ordering::SeqCst);
-        if self.index(NET_RING_NEEDS_KICK).load(Ordering::Relaxed) != 0 {
-            kick();
-        }
-    }
-
-    /// Waits (at most ~10 s) until the tender has taken every posted entry.
-    fn wait_taken(self) -> bool {
-        let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
-        let deadline = guest_rt::monotonic_ns() + 10_000_000_000;
-        while self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire) != tail {
-            if guest_rt::monotonic_ns() > deadline {
-                return false;
-            }
-        }
-        true
-    }
-
-    fn commit(self, n: u32) -> NetRingCommit {
-        let at = self.0 as usize + NET_RING_COMMITS_OFFSET + (n % NET_RING_ENTRIES) as usize * 16;
-        // SAFETY: a commit slot inside the ring.
-        unsafe { (at as *const NetRingCommit).read_volatile() }
-    }
-}
-
-fn kick() {
-    // SAFETY: the kick port; KVM signals the tender's eventfd.
-    unsafe { core::arch::asm!("out dx, eax", in("dx") NET_RING_KICK_PORT, in("eax") 0u32, options(nostack)) };
-}
-
-fn entry(operation: u32, handle: u64, data: u64, len: u32) -> NetRingEntry {
-    NetRingEntry { operation, handle: handle as u32, data, len, ..Default::default() }
 }
 
 /// A ring attack that the tender must end: the guest spins until it is stopped.

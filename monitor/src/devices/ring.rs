@@ -1,14 +1,20 @@
-//! The shared-memory net ring (ABI section 9). The guest posts NET_WRITE and NET_READ entries to
-//! a ring at `boot_info.net_ring` and an I/O thread of the tender carries them out, so a frame
-//! costs no VM exit while the thread is awake. When the thread has looked at an empty ring for a
-//! while it sets `needs_kick` and sleeps on an eventfd, which KVM signals when the guest writes
-//! port 0x600 (an ioeventfd: the kick never reaches the tender's run loop).
+//! The shared-memory ring (ABI section 9), with tender's block extension. The guest posts
+//! entries to a ring at `boot_info.net_ring` and an I/O thread of the tender carries them out, so
+//! a frame or a block request costs no VM exit while the thread is awake. When the thread has
+//! looked at an empty ring for a while it sets `needs_kick` and sleeps on an eventfd, which KVM
+//! signals when the guest writes port 0x600 (an ioeventfd: the kick never reaches the tender's
+//! run loop).
+//!
+//! Solo5's ring carries NET_WRITE and NET_READ. When tender advertises
+//! `TENDER_FEATURE_BLOCK_RING` it also carries BLOCK_WRITE and BLOCK_READ (operations 3 and 4,
+//! the device offset in the entry's reserved field), each answered by a commit as a read is.
 //!
 //! The ring is guest memory: the guest can change any of it at any time. So the thread keeps its
 //! own copies of the indices it owns, copies each entry out once before looking at it, and checks
-//! every buffer exactly as the hypercalls do ([`TapIo`]). A buffer outside guest memory or an
-//! index more than a ring ahead ends the run as a guest fault: the thread records it, stops, and
-//! sends SIGUSR1 to the process, which interrupts the vCPU (see `signals`).
+//! every request exactly as the hypercalls do ([`TapIo`], [`BlockIo`]). A buffer outside guest
+//! memory or an index more than a ring ahead ends the run as a guest fault, and a failed host read
+//! or write of a block device ends it as the hypercall's would: the thread records what happened,
+//! stops, and sends SIGUSR1 to the process, which interrupts the vCPU (see `signals`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
@@ -17,7 +23,8 @@ use std::time::{Duration, Instant};
 use guest_abi::{
     NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD, NET_RING_ENT_TAIL, NET_RING_ENTRIES,
     NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK, NET_RING_OP_READ, NET_RING_OP_WRITE,
-    NET_RING_SIZE, NET_RING_SPIN_ITERS, NetRingCommit, NetRingEntry, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK,
+    NET_RING_SIZE, NET_RING_SPIN_ITERS, NetRingCommit, NetRingEntry, RING_OP_BLOCK_READ, RING_OP_BLOCK_WRITE,
+    SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK,
 };
 use kvm_bindings::{KVMIO, kvm_ioeventfd, kvm_ioeventfd_flag_nr_pio};
 use kvm_ioctls::VmFd;
@@ -25,6 +32,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
+use crate::devices::block::{BlockIo, BlockIoError};
 use crate::devices::net::TapIo;
 use crate::memory::{Abi, GuestFault, GuestRam};
 use crate::report::DeviceStats;
@@ -48,13 +56,25 @@ pub enum RingError {
     Placement,
 }
 
-/// A guest that broke the ring's rules. Ends the run (exit 1).
+/// What made the I/O thread end the run (exit 1): a guest that broke the ring's rules, or a
+/// failed host read or write of a block device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RingFault {
-    #[error("net ring: {0}")]
+    #[error("ring: {0}")]
     Access(GuestFault),
-    #[error("net ring: ent_tail={tail:#x} is more than {NET_RING_ENTRIES} entries ahead of ent_head={head:#x}")]
+    #[error("ring: ent_tail={tail:#x} is more than {NET_RING_ENTRIES} entries ahead of ent_head={head:#x}")]
     Index { head: u32, tail: u32 },
+    /// Not the guest's doing; the run ends as the BLOCK_READ/WRITE hypercall's would.
+    #[error("block device {handle}: {op} failed: {}", crate::devices::block::host_io_error(*errno))]
+    Storage { handle: u32, op: &'static str, errno: i32 },
+}
+
+/// What the ring's entries for a handle (a manifest index) reach.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    None,
+    Net(TapIo),
+    Block(BlockIo),
 }
 
 /// Traffic of one handle, counted by the thread (frames and bytes that went through).
@@ -82,7 +102,8 @@ struct Shared {
     ready: AtomicU8,
     stop: AtomicBool,
     stopped: AtomicBool,
-    /// 0: none; 1: read access; 2: write access; 3: index. `fault_a`/`fault_b` are stored first.
+    /// 0: none; 1: read access; 2: write access; 3: index; 4: storage read; 5: storage write.
+    /// `fault_a`/`fault_b` are stored first.
     fault_kind: AtomicU8,
     fault_a: AtomicU64,
     fault_b: AtomicU64,
@@ -96,6 +117,9 @@ impl Shared {
         let (kind, a, b) = match fault {
             RingFault::Access(f) => (if f.write { 2 } else { 1 }, f.gpa, f.len),
             RingFault::Index { head, tail } => (3, u64::from(head), u64::from(tail)),
+            RingFault::Storage { handle, op, errno } => {
+                (if op == "read" { 4 } else { 5 }, u64::from(handle), errno as u32 as u64)
+            }
         };
         self.fault_a.store(a, Ordering::Relaxed);
         self.fault_b.store(b, Ordering::Relaxed);
@@ -108,24 +132,28 @@ impl Shared {
         match kind {
             1 | 2 => Some(RingFault::Access(GuestFault { gpa: a, len: b, write: kind == 2 })),
             3 => Some(RingFault::Index { head: a as u32, tail: b as u32 }),
+            4 | 5 => {
+                let op = if kind == 4 { "read" } else { "write" };
+                Some(RingFault::Storage { handle: a as u32, op, errno: b as u32 as i32 })
+            }
             _ => None,
         }
     }
 }
 
 /// The running ring: its I/O thread and the eventfd that wakes it.
-pub struct NetRing {
+pub struct Ring {
     shared: Arc<Shared>,
     kick: Arc<EventFd>,
 }
 
-impl NetRing {
+impl Ring {
     /// Starts an I/O thread for the ring at `gpa`, which must lie in the mapping above the
-    /// guest-visible memory (`taps[h]` serves handle `h`), then routes the guest's kicks (port
+    /// guest-visible memory (`targets[h]` serves handle `h`), then routes the guest's kicks (port
     /// 0x600) to it. Returns once the thread is past its start-up (stack guard, signal stack,
     /// signal mask): the seccomp filter goes on next, and the thread never returns, as thread
     /// exit would need munmap and futex. On an error nothing is routed and the thread is stopped.
-    pub fn start(vm: &VmFd, ram: &GuestRam, gpa: u64, taps: Vec<Option<TapIo>>) -> Result<Self, RingError> {
+    pub fn start(vm: &VmFd, ram: &GuestRam, gpa: u64, targets: Vec<Target>) -> Result<Self, RingError> {
         let ring_end = gpa.checked_add(NET_RING_SIZE as u64).ok_or(RingError::Placement)?;
         if gpa < ram.limit() || ring_end > ram.total() {
             return Err(RingError::Placement);
@@ -139,15 +167,15 @@ impl NetRing {
             fault_kind: AtomicU8::new(0),
             fault_a: AtomicU64::new(0),
             fault_b: AtomicU64::new(0),
-            counters: taps.iter().map(|_| Counters::default()).collect(),
+            counters: targets.iter().map(|_| Counters::default()).collect(),
             pid: std::process::id() as libc::pid_t,
         });
         let (thread_shared, thread_kick, thread_ram) = (shared.clone(), kick.clone(), ram.clone());
         std::thread::Builder::new()
-            .name("tender-net-ring".into())
-            .spawn(move || io_thread(&thread_ram, gpa, &taps, &thread_shared, &thread_kick))
+            .name("tender-ring".into())
+            .spawn(move || io_thread(&thread_ram, gpa, &targets, &thread_shared, &thread_kick))
             .map_err(RingError::Thread)?;
-        let ring = NetRing { shared, kick };
+        let ring = Ring { shared, kick };
         loop {
             match ring.shared.ready.load(Ordering::Acquire) {
                 0 => std::thread::yield_now(),
@@ -202,21 +230,21 @@ impl NetRing {
     }
 }
 
-impl Drop for NetRing {
-    /// For library users that drop a `Vm`: the thread stops touching the guest's taps. (tender
+impl Drop for Ring {
+    /// For library users that drop a `Vm`: the thread stops touching the guest's devices. (tender
     /// itself never drops: it ends the process from inside the sandbox.)
     fn drop(&mut self) {
         let _ = self.stop();
     }
 }
 
-fn io_thread(ram: &GuestRam, gpa: u64, taps: &[Option<TapIo>], shared: &Shared, kick: &EventFd) {
+fn io_thread(ram: &GuestRam, gpa: u64, targets: &[Target], shared: &Shared, kick: &EventFd) {
     // Signals are for the vCPU thread: its handler sets `immediate_exit` on the vCPU.
     let _ = nix::sys::signal::SigSet::all().thread_block();
     let ring = ram.inner().get_slice(GuestAddress(gpa), NET_RING_SIZE);
     shared.ready.store(if ring.is_ok() { 1 } else { 2 }, Ordering::Release);
     if let Ok(ring) = ring {
-        let mut worker = Worker { ring, ram, taps, shared, ent_head: 0, com_tail: 0 };
+        let mut worker = Worker { ring, ram, targets, shared, ent_head: 0, com_tail: 0 };
         worker.serve(kick);
     }
     shared.stopped.store(true, Ordering::Release);
@@ -229,7 +257,7 @@ fn io_thread(ram: &GuestRam, gpa: u64, taps: &[Option<TapIo>], shared: &Shared, 
 struct Worker<'a> {
     ring: VolatileSlice<'a, ()>,
     ram: &'a GuestRam,
-    taps: &'a [Option<TapIo>],
+    targets: &'a [Target],
     shared: &'a Shared,
     /// The host's indices. The copies in the ring are for the guest to read; the guest could
     /// overwrite those, so they are never read back.
@@ -314,39 +342,36 @@ impl Worker<'_> {
                 .read_obj::<Abi<NetRingEntry>>(NET_RING_ENTRIES_OFFSET + slot * size_of::<NetRingEntry>())
                 .map(|e| e.0)
                 .unwrap_or_default();
-            let tap = self.taps.get(entry.handle as usize).copied().flatten();
+            let target = self.targets.get(entry.handle as usize).copied().unwrap_or(Target::None);
             let (data, len) = (entry.data, u64::from(entry.len));
-            match entry.operation {
-                NET_RING_OP_WRITE => {
+            match (entry.operation, target) {
+                (NET_RING_OP_WRITE, target) => {
                     // Fire and forget: a frame the tap refuses is dropped, as a NIC would.
-                    if let Some(tap) = tap
+                    if let Target::Net(tap) = target
                         && tap.write(self.ram, data, len).map_err(RingFault::Access)? == SOLO5_R_OK
                     {
                         self.count(entry.handle, false, len);
                     }
                     self.ent_head = self.ent_head.wrapping_add(1);
                 }
-                NET_RING_OP_READ => {
-                    let (ret, got) = match tap {
-                        // The ring answers OK, AGAIN or EINVAL (ABI section 9), never EUNSPEC.
-                        Some(tap) => match tap.read(self.ram, data, len).map_err(RingFault::Access)? {
-                            (SOLO5_R_EUNSPEC, _) => (SOLO5_R_EINVAL, 0),
-                            answer => answer,
-                        },
-                        None => (SOLO5_R_EINVAL, 0),
+                (NET_RING_OP_READ, Target::Net(tap)) => {
+                    // The ring answers OK, AGAIN or EINVAL (ABI section 9), never EUNSPEC.
+                    let (ret, got) = match tap.read(self.ram, data, len).map_err(RingFault::Access)? {
+                        (SOLO5_R_EUNSPEC, _) => (SOLO5_R_EINVAL, 0),
+                        answer => answer,
                     };
-                    if ret == SOLO5_R_OK {
-                        self.count(entry.handle, true, got);
-                    }
-                    let commit = NetRingCommit { id: entry.id, ret, len: got as u32, _reserved: 0 };
-                    let at = NET_RING_COMMITS_OFFSET
-                        + (self.com_tail % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
-                    let _ = self.ring.write_obj(Abi(commit), at);
-                    self.ent_head = self.ent_head.wrapping_add(1);
-                    self.com_tail = self.com_tail.wrapping_add(1);
-                    // The commit is written before the index that publishes it (release).
-                    self.store(NET_RING_ENT_HEAD, self.ent_head);
-                    self.store(NET_RING_COM_TAIL, self.com_tail);
+                    self.commit(entry, true, ret, got);
+                }
+                (RING_OP_BLOCK_READ | RING_OP_BLOCK_WRITE, Target::Block(block)) => {
+                    let read = entry.operation == RING_OP_BLOCK_READ;
+                    let ret = block.request(self.ram, read, entry.offset, data, len).map_err(|e| match e {
+                        BlockIoError::Guest(fault) => RingFault::Access(fault),
+                        BlockIoError::Host { op, errno } => RingFault::Storage { handle: entry.handle, op, errno },
+                    })?;
+                    self.commit(entry, read, ret, if ret == SOLO5_R_OK { len } else { 0 });
+                }
+                (NET_RING_OP_READ | RING_OP_BLOCK_READ | RING_OP_BLOCK_WRITE, _) => {
+                    self.commit(entry, false, SOLO5_R_EINVAL, 0);
                 }
                 // Unknown operations are skipped, as solo5-hvt does.
                 _ => self.ent_head = self.ent_head.wrapping_add(1),
@@ -354,6 +379,21 @@ impl Worker<'_> {
         }
         self.store(NET_RING_ENT_HEAD, self.ent_head);
         Ok(())
+    }
+
+    /// Answers `entry` (consumed) with a commit, and counts it if it succeeded.
+    fn commit(&mut self, entry: NetRingEntry, read: bool, ret: i32, len: u64) {
+        if ret == SOLO5_R_OK {
+            self.count(entry.handle, read, len);
+        }
+        let commit = NetRingCommit { id: entry.id, ret, len: len as u32, _reserved: 0 };
+        let at = NET_RING_COMMITS_OFFSET + (self.com_tail % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
+        let _ = self.ring.write_obj(Abi(commit), at);
+        self.ent_head = self.ent_head.wrapping_add(1);
+        self.com_tail = self.com_tail.wrapping_add(1);
+        // The commit is written before the index that publishes it (release).
+        self.store(NET_RING_ENT_HEAD, self.ent_head);
+        self.store(NET_RING_COM_TAIL, self.com_tail);
     }
 
     fn count(&self, handle: u32, read: bool, bytes: u64) {
@@ -373,6 +413,8 @@ mod tests {
 
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixDatagram;
+
+    use crate::devices::block::BlockDevice;
 
     use guest_abi::{NET_RING_AREA_SIZE, SOLO5_R_AGAIN};
 
@@ -401,7 +443,7 @@ mod tests {
             fault_kind: AtomicU8::new(0),
             fault_a: AtomicU64::new(0),
             fault_b: AtomicU64::new(0),
-            counters: (0..2).map(|_| Counters::default()).collect(),
+            counters: (0..3).map(|_| Counters::default()).collect(),
             pid: 0,
         };
         Rig { ram, shared, tap, host_side }
@@ -409,14 +451,14 @@ mod tests {
 
     impl Rig {
         /// Handle 1 is the NIC (MTU 1500); handle 0 is the manifest's reserved entry.
-        fn taps(&self) -> [Option<TapIo>; 2] {
-            [None, Some(TapIo::new(self.tap.as_raw_fd(), 1500))]
+        fn taps(&self) -> [Target; 2] {
+            [Target::None, Target::Net(TapIo::new(self.tap.as_raw_fd(), 1500))]
         }
 
         /// A worker whose own indices start at `head` and `com_tail`, as after that many entries.
-        fn worker<'a>(&'a self, taps: &'a [Option<TapIo>], head: u32, com_tail: u32) -> Worker<'a> {
+        fn worker<'a>(&'a self, targets: &'a [Target], head: u32, com_tail: u32) -> Worker<'a> {
             let ring = self.ram.inner().get_slice(GuestAddress(RING), NET_RING_SIZE).unwrap();
-            Worker { ring, ram: &self.ram, taps, shared: &self.shared, ent_head: head, com_tail }
+            Worker { ring, ram: &self.ram, targets, shared: &self.shared, ent_head: head, com_tail }
         }
 
         fn post(&self, index: u32, entry: NetRingEntry) {
@@ -439,7 +481,40 @@ mod tests {
     }
 
     fn entry(operation: u32, handle: u32, data: u64, len: u32, id: u32) -> NetRingEntry {
-        NetRingEntry { operation, handle, data, len, id, _reserved: 0 }
+        NetRingEntry { operation, handle, data, len, id, offset: 0 }
+    }
+
+    fn block_entry(operation: u32, handle: u32, offset: u64, data: u64, len: u32, id: u32) -> NetRingEntry {
+        NetRingEntry { operation, handle, data, len, id, offset }
+    }
+
+    /// A file of four 512-byte blocks filled with 1, 2, 3 and 4, attached as a block device and
+    /// removed when dropped.
+    struct Disk {
+        path: std::path::PathBuf,
+        device: BlockDevice,
+    }
+
+    fn disk(test: &str) -> Disk {
+        let path = std::env::temp_dir().join(format!("tender-ring-{}-{test}", std::process::id()));
+        let blocks: Vec<u8> = (0..2048).map(|i| (i / 512) as u8 + 1).collect();
+        std::fs::write(&path, blocks).unwrap();
+        let device = BlockDevice::open("storage", &path, 512).unwrap();
+        Disk { path, device }
+    }
+
+    impl Drop for Disk {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    impl Rig {
+        /// Handle 1 is the NIC, handle 2 the disk.
+        fn devices(&self, disk: &Disk) -> [Target; 3] {
+            let [none, net] = self.taps();
+            [none, net, Target::Block(disk.device.io())]
+        }
     }
 
     #[test]
@@ -536,5 +611,82 @@ mod tests {
             Ok(()),
             "a full ring (of zeroed entries, skipped) is fine"
         );
+    }
+
+    #[test]
+    fn block_requests_are_carried_out_and_bad_ones_get_einval() {
+        let (r, disk) = (rig(), disk("requests"));
+        r.ram.write_setup(BUF + 0x1000, &[0xaa; 512]).unwrap();
+        let entries = [
+            block_entry(RING_OP_BLOCK_READ, 2, 512, BUF, 1024, 1),
+            block_entry(RING_OP_BLOCK_WRITE, 2, 0, BUF + 0x1000, 512, 2),
+            block_entry(RING_OP_BLOCK_READ, 2, 256, BUF, 512, 3),
+            block_entry(RING_OP_BLOCK_READ, 2, 1536, BUF, 1024, 4),
+            block_entry(RING_OP_BLOCK_WRITE, 2, 0, BUF, 100, 5),
+            block_entry(RING_OP_BLOCK_WRITE, 2, u64::MAX - 511, BUF, 512, 6),
+            block_entry(RING_OP_BLOCK_READ, 1, 0, BUF, 512, 7),
+            block_entry(RING_OP_BLOCK_READ, 0, 0, BUF, 512, 8),
+            block_entry(RING_OP_BLOCK_WRITE, 9, 0, BUF, 512, 9),
+            entry(NET_RING_OP_READ, 2, BUF, 1514, 10),
+            entry(NET_RING_OP_WRITE, 2, BUF, 60, 11),
+        ];
+        for (i, e) in entries.iter().enumerate() {
+            r.post(i as u32, *e);
+        }
+        r.set_tail(entries.len() as u32);
+        let targets = r.devices(&disk);
+        r.worker(&targets, 0, 0).process().unwrap();
+        assert_eq!(r.host_index(NET_RING_ENT_HEAD), entries.len() as u32);
+        assert_eq!(r.host_index(NET_RING_COM_TAIL), 10, "every entry but the net write is answered");
+        let answers: Vec<_> = (0..10).map(|i| r.commit(i)).map(|c| (c.id, c.ret, c.len)).collect();
+        let mut want = vec![(1, SOLO5_R_OK, 1024), (2, SOLO5_R_OK, 512)];
+        want.extend((3..=10).map(|id| (id, SOLO5_R_EINVAL, 0)));
+        assert_eq!(answers, want);
+        let mut got = [0u8; 1024];
+        r.ram.inner().read_slice(&mut got, GuestAddress(BUF)).unwrap();
+        assert!(got[..512].iter().all(|&b| b == 2) && got[512..].iter().all(|&b| b == 3), "blocks 1 and 2 read");
+        let file = std::fs::read(&disk.path).unwrap();
+        assert!(file[..512].iter().all(|&b| b == 0xaa), "block 0 written");
+        assert!(file[512..].iter().zip(512..).all(|(&b, i)| b == (i / 512) as u8 + 1), "nothing else written");
+        let c = &r.shared.counters[2];
+        let counted = [&c.read_ops, &c.read_bytes, &c.write_ops, &c.write_bytes].map(|n| n.load(Ordering::Relaxed));
+        assert_eq!(counted, [1, 1024, 1, 512]);
+    }
+
+    #[test]
+    fn bad_block_buffers_and_failed_host_io_are_faults() {
+        let cases = [
+            (
+                block_entry(RING_OP_BLOCK_WRITE, 2, 0, MEM - 10, 512, 0),
+                GuestFault { gpa: MEM - 10, len: 512, write: false },
+            ),
+            (block_entry(RING_OP_BLOCK_READ, 2, 0, RING, 512, 0), GuestFault { gpa: RING, len: 512, write: false }),
+            (
+                block_entry(RING_OP_BLOCK_READ, 2, 0, 0x10_0800, 512, 0),
+                GuestFault { gpa: 0x10_0800, len: 512, write: true },
+            ),
+        ];
+        for (e, fault) in cases {
+            let (r, disk) = (rig(), disk("buffers"));
+            r.post(0, e);
+            r.set_tail(1);
+            let targets = r.devices(&disk);
+            assert_eq!(r.worker(&targets, 0, 0).process(), Err(RingFault::Access(fault)));
+            assert_eq!(r.host_index(NET_RING_COM_TAIL), 0, "no answer to a request that ended the run");
+            assert_eq!(std::fs::read(&disk.path).unwrap()[..512], [1; 512], "the file is untouched");
+        }
+        // The file shrinks behind the tender's back: the read it promised cannot be done.
+        let (r, disk) = (rig(), disk("eof"));
+        std::fs::OpenOptions::new().write(true).open(&disk.path).unwrap().set_len(1024).unwrap();
+        r.post(0, block_entry(RING_OP_BLOCK_READ, 2, 1536, BUF, 512, 0));
+        r.set_tail(1);
+        let targets = r.devices(&disk);
+        let eof = RingFault::Storage { handle: 2, op: "read", errno: 0 };
+        assert_eq!(r.worker(&targets, 0, 0).process(), Err(eof));
+        assert_eq!(eof.to_string(), "block device 2: read failed: unexpected end of file");
+        for fault in [eof, RingFault::Storage { handle: 7, op: "write", errno: libc::ENOSPC }] {
+            r.shared.record(fault);
+            assert_eq!(r.shared.fault(), Some(fault), "the fault crosses to the vCPU thread intact");
+        }
     }
 }
