@@ -33,7 +33,7 @@ pub const MEM_MIN: u64 = MEM_ALIGN;
 pub const MEM_MAX: u64 = 4 << 30;
 /// Default guest memory, in MiB.
 pub const MEM_DEFAULT_MIB: u64 = 512;
-/// Size of the optional shared-memory network ring area placed at `mem_size`.
+/// Size of the optional shared-memory ring area placed at `mem_size`.
 pub const NET_RING_AREA_SIZE: u64 = 2 << 20;
 
 // ---------------------------------------------------------------------------------------------
@@ -456,7 +456,7 @@ pub const NET_RING_SPIN_ITERS: u32 = 4096;
 pub struct NetRingEntry {
     pub operation: u32,
     pub handle: u32,
-    /// GPA of the frame (write) or of the receive buffer (read).
+    /// GPA of the frame (write), of the receive buffer (read), or of the block request's data.
     pub data: u64,
     pub len: u32,
     pub id: u32,

@@ -104,7 +104,7 @@ impl BlockDevice {
         )
     }
 
-    /// Reads any byte range: the whole blocks inside it straight into `buf` in one exit, the
+    /// Reads any byte range: the whole blocks inside it straight into `buf` in one request, the
     /// partial blocks at its ends through a bounce block.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
         let (head, middle, tail) = self.split(offset, buf.len())?;
@@ -124,7 +124,7 @@ impl BlockDevice {
         Ok(())
     }
 
-    /// Writes any byte range: the whole blocks inside it in one exit, the partial blocks at its
+    /// Writes any byte range: the whole blocks inside it in one request, the partial blocks at its
     /// ends by read-modify-write.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), Error> {
         let (head, middle, tail) = self.split(offset, buf.len())?;

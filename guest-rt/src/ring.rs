@@ -116,21 +116,26 @@ impl Ring {
         }
     }
 
-    /// Posts `entry`, which the tender answers with a commit, and waits for that commit. Only
-    /// one such entry is in flight (one vCPU, no threads), so the next commit is its answer.
+    /// Posts `entry`, which the tender answers with a commit, and waits for that commit. guest-rt
+    /// has one such entry in flight at a time (one vCPU, no threads); commits with another id
+    /// (code driving the ring itself) are passed over.
     fn call(self, entry: NetRingEntry) -> NetRingCommit {
         let tail = self.wait_for_room(NET_RING_ENTRIES);
-        let head = self.index(NET_RING_COM_HEAD).load(Ordering::Relaxed);
         self.post(tail, entry);
-        while self.index(NET_RING_COM_TAIL).load(Ordering::Acquire) == head {
-            core::hint::spin_loop();
+        loop {
+            let head = self.index(NET_RING_COM_HEAD).load(Ordering::Relaxed);
+            while self.index(NET_RING_COM_TAIL).load(Ordering::Acquire) == head {
+                core::hint::spin_loop();
+            }
+            let at = NET_RING_COMMITS_OFFSET + (head % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
+            // SAFETY: inside the ring; the tender wrote this commit before its release store of
+            // `com_tail`, which the acquire load above saw.
+            let commit = unsafe { self.0.add(at).cast::<NetRingCommit>().read_volatile() };
+            self.index(NET_RING_COM_HEAD).store(head.wrapping_add(1), Ordering::Release);
+            if commit.id == entry.id {
+                return commit;
+            }
         }
-        let at = NET_RING_COMMITS_OFFSET + (head % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
-        // SAFETY: inside the ring; the tender wrote this commit before its release store of
-        // `com_tail`, which the acquire load above saw.
-        let commit = unsafe { self.0.add(at).cast::<NetRingCommit>().read_volatile() };
-        self.index(NET_RING_COM_HEAD).store(head.wrapping_add(1), Ordering::Release);
-        commit
     }
 
     /// Waits until the tender has carried out every posted entry.

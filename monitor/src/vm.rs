@@ -258,7 +258,7 @@ impl Vm {
         let mut end = self.run_loop();
         if let Some(ring) = &self.ring {
             if !ring.stop() {
-                self.warnings.push("the ring's I/O thread did not stop in time: frames sent last may be lost".into());
+                self.warnings.push("the ring's I/O thread did not stop in time: frames sent last may be lost, and a block request in progress may be cut short".into());
             }
             // The thread's fault, whether it stopped the vCPU (SIGUSR1) or was found by the last
             // pass over the ring after the guest halted, decides how the run ended.

@@ -15,6 +15,11 @@
 //! memory or an index more than a ring ahead ends the run as a guest fault, and a failed host read
 //! or write of a block device ends it as the hypercall's would: the thread records what happened,
 //! stops, and sends SIGUSR1 to the process, which interrupts the vCPU (see `signals`).
+//!
+//! When the vCPU has stopped, the thread makes one last pass so that frames posted just before
+//! HALT still leave. That pass skips block requests: the guest never saw their commits, so, as
+//! after a power cut, they may or may not have happened, and skipping them keeps the end of a
+//! run short (a ring can hold over 4 TiB of block requests).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
@@ -213,17 +218,22 @@ impl Ring {
         &self.shared.counters
     }
 
-    /// Stops the thread once it has carried out what the guest posted before the vCPU stopped
+    /// Stops the thread once it has sent the frames the guest posted before the vCPU stopped
     /// (a reply written just before HALT still leaves). Waits at most [`STOP_GRACE`]; false if
-    /// the thread had not stopped by then.
+    /// the thread had not stopped by then (it was in the middle of a large block request).
     pub fn stop(&self) -> bool {
+        self.stop_within(Some(STOP_GRACE))
+    }
+
+    fn stop_within(&self, grace: Option<Duration>) -> bool {
         self.shared.stop.store(true, Ordering::Release);
         let _ = self.kick.write(1);
-        let deadline = Instant::now() + STOP_GRACE;
+        let deadline = grace.map(|grace| Instant::now() + grace);
         while !self.shared.stopped.load(Ordering::Acquire) {
-            if Instant::now() > deadline {
+            if deadline.is_some_and(|deadline| Instant::now() > deadline) {
                 return false;
             }
+            // Not yield_now: sched_yield is not on the allowlist.
             std::hint::spin_loop();
         }
         true
@@ -231,10 +241,11 @@ impl Ring {
 }
 
 impl Drop for Ring {
-    /// For library users that drop a `Vm`: the thread stops touching the guest's devices. (tender
+    /// For library users that drop a `Vm`: waits, however long the request in progress takes,
+    /// until the thread is done with the guest's devices, whose fds are closed next. (tender
     /// itself never drops: it ends the process from inside the sandbox.)
     fn drop(&mut self) {
-        let _ = self.stop();
+        let _ = self.stop_within(None);
     }
 }
 
@@ -252,6 +263,13 @@ fn io_thread(ram: &GuestRam, gpa: u64, targets: &[Target], shared: &Shared, kick
     loop {
         let _ = kick.read();
     }
+}
+
+/// Which pass over the ring: while the vCPU runs, or the last one after it stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Serving,
+    Last,
 }
 
 struct Worker<'a> {
@@ -272,7 +290,7 @@ impl Worker<'_> {
         let mut spins = 0;
         while self.wait_for_work(kick, spins) {
             spins = NET_RING_SPIN_ITERS;
-            if let Err(fault) = self.process() {
+            if let Err(fault) = self.process(Pass::Serving) {
                 self.shared.record(fault);
                 // SAFETY: kill(2) of our own process; this thread blocks every signal, so the
                 // vCPU thread takes it, and its handler only records it and stops the vCPU.
@@ -280,9 +298,9 @@ impl Worker<'_> {
                 return;
             }
         }
-        // The vCPU has stopped: carry out the writes it posted last. A fault found now still
-        // decides how the run ended (the vCPU thread looks after stopping this thread).
-        if let Err(fault) = self.process() {
+        // The vCPU has stopped: send the frames it posted last. A fault found now still decides
+        // how the run ended (the vCPU thread looks after stopping this thread).
+        if let Err(fault) = self.process(Pass::Last) {
             self.shared.record(fault);
         }
     }
@@ -329,13 +347,17 @@ impl Worker<'_> {
         let _ = self.ring.store(value, offset, Ordering::Release);
     }
 
-    /// Carries out every entry posted so far.
-    fn process(&mut self) -> Result<(), RingFault> {
+    /// Carries out every entry posted so far; while serving, stops early when told to stop (the
+    /// last pass then takes the rest).
+    fn process(&mut self, pass: Pass) -> Result<(), RingFault> {
         let tail = self.load(NET_RING_ENT_TAIL);
         if tail.wrapping_sub(self.ent_head) > NET_RING_ENTRIES {
             return Err(RingFault::Index { head: self.ent_head, tail });
         }
         while self.ent_head != tail {
+            if pass == Pass::Serving && self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
             let slot = (self.ent_head % NET_RING_ENTRIES) as usize;
             let entry = self
                 .ring
@@ -361,6 +383,9 @@ impl Worker<'_> {
                         answer => answer,
                     };
                     self.commit(entry, true, ret, got);
+                }
+                (RING_OP_BLOCK_READ | RING_OP_BLOCK_WRITE, Target::Block(_)) if pass == Pass::Last => {
+                    self.ent_head = self.ent_head.wrapping_add(1);
                 }
                 (RING_OP_BLOCK_READ | RING_OP_BLOCK_WRITE, Target::Block(block)) => {
                     let read = entry.operation == RING_OP_BLOCK_READ;
@@ -530,7 +555,7 @@ mod tests {
         r.post(head.wrapping_add(4), entry(NET_RING_OP_READ, 1, BUF + 0x1000, 1514, 78));
         r.set_tail(head.wrapping_add(5));
         let taps = r.taps();
-        r.worker(&taps, head, u32::MAX).process().unwrap();
+        r.worker(&taps, head, u32::MAX).process(Pass::Serving).unwrap();
         for i in 0..3u8 {
             let mut frame = [0u8; 100];
             assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60);
@@ -567,7 +592,7 @@ mod tests {
         }
         r.set_tail(entries.len() as u32);
         let taps = r.taps();
-        r.worker(&taps, 0, 0).process().unwrap();
+        r.worker(&taps, 0, 0).process(Pass::Serving).unwrap();
         assert_eq!(r.host_index(NET_RING_ENT_HEAD), entries.len() as u32);
         assert_eq!(r.host_index(NET_RING_COM_TAIL), 3);
         for (i, id) in [1, 2, 3].into_iter().enumerate() {
@@ -584,7 +609,7 @@ mod tests {
         for (head, tail) in [(0, NET_RING_ENTRIES + 1), (5, 4), (u32::MAX - 10, 2000)] {
             let r = rig();
             r.set_tail(tail);
-            assert_eq!(r.worker(&[], head, 0).process(), Err(RingFault::Index { head, tail }));
+            assert_eq!(r.worker(&[], head, 0).process(Pass::Serving), Err(RingFault::Index { head, tail }));
         }
         let cases = [
             (entry(NET_RING_OP_WRITE, 1, MEM - 10, 60, 0), GuestFault { gpa: MEM - 10, len: 60, write: false }),
@@ -600,14 +625,14 @@ mod tests {
             r.post(0, e);
             r.set_tail(1);
             let taps = r.taps();
-            assert_eq!(r.worker(&taps, 0, 0).process(), Err(RingFault::Access(fault)));
+            assert_eq!(r.worker(&taps, 0, 0).process(Pass::Serving), Err(RingFault::Access(fault)));
             r.shared.record(RingFault::Access(fault));
             assert_eq!(r.shared.fault(), Some(RingFault::Access(fault)), "the fault crosses to the vCPU thread intact");
         }
         let exactly_a_ring = rig();
         exactly_a_ring.set_tail(NET_RING_ENTRIES);
         assert_eq!(
-            exactly_a_ring.worker(&[], 0, 0).process(),
+            exactly_a_ring.worker(&[], 0, 0).process(Pass::Serving),
             Ok(()),
             "a full ring (of zeroed entries, skipped) is fine"
         );
@@ -635,7 +660,7 @@ mod tests {
         }
         r.set_tail(entries.len() as u32);
         let targets = r.devices(&disk);
-        r.worker(&targets, 0, 0).process().unwrap();
+        r.worker(&targets, 0, 0).process(Pass::Serving).unwrap();
         assert_eq!(r.host_index(NET_RING_ENT_HEAD), entries.len() as u32);
         assert_eq!(r.host_index(NET_RING_COM_TAIL), 10, "every entry but the net write is answered");
         let answers: Vec<_> = (0..10).map(|i| r.commit(i)).map(|c| (c.id, c.ret, c.len)).collect();
@@ -671,7 +696,7 @@ mod tests {
             r.post(0, e);
             r.set_tail(1);
             let targets = r.devices(&disk);
-            assert_eq!(r.worker(&targets, 0, 0).process(), Err(RingFault::Access(fault)));
+            assert_eq!(r.worker(&targets, 0, 0).process(Pass::Serving), Err(RingFault::Access(fault)));
             assert_eq!(r.host_index(NET_RING_COM_TAIL), 0, "no answer to a request that ended the run");
             assert_eq!(std::fs::read(&disk.path).unwrap()[..512], [1; 512], "the file is untouched");
         }
@@ -682,11 +707,32 @@ mod tests {
         r.set_tail(1);
         let targets = r.devices(&disk);
         let eof = RingFault::Storage { handle: 2, op: "read", errno: 0 };
-        assert_eq!(r.worker(&targets, 0, 0).process(), Err(eof));
+        assert_eq!(r.worker(&targets, 0, 0).process(Pass::Serving), Err(eof));
         assert_eq!(eof.to_string(), "block device 2: read failed: unexpected end of file");
         for fault in [eof, RingFault::Storage { handle: 7, op: "write", errno: libc::ENOSPC }] {
             r.shared.record(fault);
             assert_eq!(r.shared.fault(), Some(fault), "the fault crosses to the vCPU thread intact");
         }
+    }
+
+    #[test]
+    fn after_the_vcpu_stopped_frames_leave_and_block_requests_are_skipped() {
+        let (r, disk) = (rig(), disk("last-pass"));
+        r.ram.write_setup(BUF, &[0xaa; 512]).unwrap();
+        r.post(0, block_entry(RING_OP_BLOCK_WRITE, 2, 0, BUF, 512, 1));
+        r.post(1, entry(NET_RING_OP_WRITE, 1, BUF, 60, 2));
+        r.set_tail(2);
+        let targets = r.devices(&disk);
+        // Told to stop: the serving pass leaves everything to the last pass.
+        r.shared.stop.store(true, Ordering::Release);
+        r.worker(&targets, 0, 0).process(Pass::Serving).unwrap();
+        assert_eq!(r.host_index(NET_RING_ENT_HEAD), 0);
+        let mut worker = r.worker(&targets, 0, 0);
+        worker.process(Pass::Last).unwrap();
+        assert_eq!(r.host_index(NET_RING_ENT_HEAD), 2, "both entries consumed");
+        assert_eq!(r.host_index(NET_RING_COM_TAIL), 0, "no commit");
+        let mut frame = [0u8; 100];
+        assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60, "the frame left");
+        assert_eq!(std::fs::read(&disk.path).unwrap()[..512], [1; 512], "the block write did not happen");
     }
 }
