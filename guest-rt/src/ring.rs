@@ -37,10 +37,23 @@ static SLOT_BUFFERS: Slots = Slots(UnsafeCell::new([[0; NET_RING_SLOT_SIZE]; SLO
 static DISABLED: AtomicBool = AtomicBool::new(false);
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
+/// The command-line option that keeps every device on the hypercalls (see [`disable`]).
+pub const NO_RING_OPTION: &str = "--no-ring";
+
 /// Makes every later send, receive and block request use the hypercalls even when the tender
 /// offers the ring (to compare the two, or to test the hypercall path).
 pub fn disable() {
     DISABLED.store(true, Ordering::Relaxed);
+}
+
+/// The command line's words without [`NO_RING_OPTION`], which, given anywhere, is applied first.
+/// For unikernels without the network stack (its `parse_args` does the same for the others).
+pub fn args() -> impl Iterator<Item = &'static str> + Clone {
+    let words = crate::cmdline().split_whitespace();
+    if words.clone().any(|w| w == NO_RING_OPTION) {
+        disable();
+    }
+    words.filter(|w| *w != NO_RING_OPTION)
 }
 
 /// Whether sends and receives go through the ring.

@@ -267,12 +267,11 @@ impl Vm {
             {
                 end = match fault {
                     RingFault::Storage { handle, op, errno } => {
-                        let device = match self.devices.get(handle as usize) {
-                            Some(Device::Block(b)) => b.name.clone(),
-                            _ => format!("handle {handle}"),
-                        };
-                        let err = crate::devices::block::host_io_error(errno);
-                        RunEnd::HostError(HypercallError::HostIo { device, op, err }.to_string())
+                        RunEnd::HostError(match self.devices.get(handle as usize) {
+                            Some(Device::Block(b)) => b.host_io_failure(op, errno).to_string(),
+                            // A storage fault always names a block handle; its own text otherwise.
+                            _ => fault.to_string(),
+                        })
                     }
                     guest => RunEnd::GuestError { error: GuestError::Ring(guest), rip: self.rip() },
                 };

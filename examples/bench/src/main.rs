@@ -86,11 +86,7 @@ fn seq(disk: &BlockDevice, batch: u64, passes: usize) {
 }
 
 fn main() -> i32 {
-    let words = guest_rt::cmdline().split_whitespace();
-    if words.clone().any(|w| w == "--no-ring") {
-        guest_rt::ring::disable();
-    }
-    let mut args = words.filter(|w| *w != "--no-ring");
+    let mut args = guest_rt::ring::args();
     let mode = args.next().unwrap_or("calls");
     let arg: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let passes: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);

@@ -163,11 +163,7 @@ fn run(disk: &BlockDevice, mode: &str, seed: u64) -> Result<i32, Error> {
 }
 
 fn main() -> i32 {
-    let words = guest_rt::cmdline().split_whitespace();
-    if words.clone().any(|w| w == "--no-ring") {
-        guest_rt::ring::disable();
-    }
-    let mut args = words.filter(|w| *w != "--no-ring");
+    let mut args = guest_rt::ring::args();
     let mode = args.next().unwrap_or("");
     let seed = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     let disk = match BlockDevice::open("storage") {

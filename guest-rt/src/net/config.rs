@@ -33,7 +33,7 @@ pub fn parse_args(cmdline: &str, nics: usize) -> Result<(Vec<IpConfig>, Vec<&str
             gateway = Some(v.parse().map_err(|_| alloc::format!("--ipv4-gateway={v}: bad address"))?);
         } else if word == "--dhcp" {
             dhcp = true;
-        } else if word == "--no-ring" {
+        } else if word == crate::ring::NO_RING_OPTION {
             crate::ring::disable();
         } else {
             rest.push(word);
