@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use guest_abi::Hypercall;
 
-use crate::vm::RunEnd;
+use crate::devices::ring::Traffic;
+use crate::outcome::RunEnd;
 
 /// Exit counters, per hypercall number and for everything else.
 #[derive(Clone, Debug, Default)]
@@ -36,6 +37,16 @@ pub struct DeviceStats {
     pub read_bytes: u64,
     pub write_ops: u64,
     pub write_bytes: u64,
+}
+
+impl DeviceStats {
+    /// Adds the traffic that went through the ring to the hypercalls' figures.
+    pub fn add(&mut self, ring: Traffic) {
+        self.read_ops += ring.read_ops;
+        self.read_bytes += ring.read_bytes;
+        self.write_ops += ring.write_ops;
+        self.write_bytes += ring.write_bytes;
+    }
 }
 
 const HYPERCALL_NAMES: [&str; Hypercall::COUNT as usize] =

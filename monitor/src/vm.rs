@@ -11,110 +11,31 @@ use std::time::Instant;
 
 use guest_abi::{
     HALT_COOKIE_MAX, HYPERCALL_PIO_BASE, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, Hypercall,
-    MFT_RESERVED_FIRST, SOLO5_EXIT_ABORT, SOLO5_R_EINVAL, SOLO5_R_OK, TRAP_REPORT_MAGIC, TrapFrame, TrapReport,
+    SOLO5_EXIT_ABORT, SOLO5_R_EINVAL, SOLO5_R_OK, TRAP_REPORT_MAGIC, TrapReport,
 };
 use kvm_ioctls::VcpuExit;
 
+use crate::attach::{attach_devices, memory_layout, ring_features};
 use crate::boot;
 use crate::config::Config;
 use crate::devices::Device;
-use crate::devices::block::{BlockDevice, DEFAULT_BLOCK_SIZE};
-use crate::devices::net::NetDevice;
+
 use crate::devices::poll::{Poller, Wait};
 use crate::devices::ring::{Ring, RingFault, Target};
 use crate::dumpcore::CoreDump;
 use crate::elf::Kernel;
 use crate::kvm::Machine;
-use crate::manifest::{DeviceKind, Manifest};
-use crate::memory::{GuestFault, GuestRam};
+
+use crate::error::Error;
+use crate::memory::GuestRam;
+use crate::outcome::{GuestError, HypercallError, RunEnd, Trap};
 use crate::report::{DeviceStats, Stats};
 use crate::sandbox::{self, SeccompMode};
-use crate::{Error, signals};
+use crate::signals;
 use tender_seccomp::Allowlist;
 
 /// Largest kernel file tender reads (it must fit in guest memory anyway).
 const MAX_KERNEL_FILE: u64 = guest_abi::MEM_MAX;
-
-/// How a run ended.
-#[derive(Debug)]
-pub enum RunEnd {
-    /// The guest called HALT. `trap` is the trap frame its runtime left at the cookie on an
-    /// abort caused by a CPU exception.
-    Halted { status: i32, trap: Option<Trap> },
-    /// The guest broke the rules; the run was ended.
-    GuestError { error: GuestError, rip: u64 },
-    /// A host-side failure during the run (I/O error, KVM failure).
-    HostError(String),
-    /// SIGINT, SIGTERM or SIGUSR1 (from outside; the ring's own SIGUSR1 becomes a guest fault).
-    Signal(i32),
-    /// `--timeout` seconds passed.
-    Timeout(u64),
-}
-
-/// A CPU exception the guest's runtime reported at HALT.
-#[derive(Clone, Copy, Debug)]
-pub struct Trap {
-    pub frame: TrapFrame,
-    /// Known when the runtime left a [`guest_abi::TrapReport`] (guest-rt does; Solo5 does not).
-    pub vector: Option<u64>,
-}
-
-impl RunEnd {
-    /// The process exit status: the guest's own status on HALT, 1 for everything else.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RunEnd::Halted { status, .. } => *status as u8,
-            _ => 1,
-        }
-    }
-}
-
-/// Guest behaviour that ends the run (exit 1).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum GuestError {
-    #[error("{0}")]
-    Access(GuestFault),
-    #[error("Invalid guest port access: port={port:#x}, size={size}, direction={direction}")]
-    Port { port: u16, size: usize, direction: &'static str },
-    #[error("Invalid guest hypercall: num={0}")]
-    Hypercall(u16),
-    #[error("guest halted the CPU (hlt)")]
-    Hlt,
-    #[error("guest triple fault (KVM_EXIT_SHUTDOWN)")]
-    Shutdown,
-    #[error("guest access to unmapped or read-only memory: {op} at gpa={gpa:#x}")]
-    Mmio { op: &'static str, gpa: u64 },
-    #[error("KVM: host/guest translation fault (guest write to read-only memory)")]
-    TranslationFault,
-    #[error("KVM: internal error exit: suberror={0:#x} (emulation failure or triple fault)")]
-    Internal(u32),
-    #[error("KVM: entry failure: hw_entry_failure_reason={0:#x}")]
-    FailEntry(u64),
-    #[error("KVM: unhandled exit: exit_reason={0:#x}")]
-    Unhandled(u32),
-    #[error("{0}")]
-    Ring(RingFault),
-}
-
-/// A hypercall that cannot complete normally.
-#[derive(Debug, thiserror::Error)]
-pub enum HypercallError {
-    #[error(transparent)]
-    Guest(#[from] GuestError),
-    #[error("Fatal error on {device}: {op} failed: {err}")]
-    HostIo { device: String, op: &'static str, err: std::io::Error },
-    #[error("{0}")]
-    Host(String),
-    /// A signal arrived while waiting.
-    #[error("interrupted")]
-    Interrupted,
-}
-
-impl From<GuestFault> for HypercallError {
-    fn from(f: GuestFault) -> Self {
-        HypercallError::Guest(GuestError::Access(f))
-    }
-}
 
 /// Result of one hypercall: keep running, or the guest halted.
 enum Next {
@@ -268,7 +189,7 @@ impl Vm {
                 end = match fault {
                     RingFault::Storage { handle, op, errno } => {
                         RunEnd::HostError(match self.devices.get(handle as usize) {
-                            Some(Device::Block(b)) => b.host_io_failure(op, errno).to_string(),
+                            Some(Device::Block(b)) => HypercallError::host_io(&b.name, op, errno).to_string(),
                             // A storage fault always names a block handle; its own text otherwise.
                             _ => fault.to_string(),
                         })
@@ -277,7 +198,7 @@ impl Vm {
                 };
             }
             for (stats, counters) in self.stats.devices.iter_mut().zip(ring.counters()) {
-                counters.add_to(stats);
+                stats.add(counters.load());
             }
         }
         signals::uninstall();
@@ -434,7 +355,9 @@ impl Vm {
         self.ram.check_write(gpa, size_of::<HcBlock>() as u64)?;
         let read = nr == Hypercall::BlockRead;
         arg.ret = match self.device(arg.handle) {
-            Some(Device::Block(dev)) => dev.request(&self.ram, read, &arg)?,
+            Some(Device::Block(dev)) => {
+                dev.request(&self.ram, read, &arg).map_err(|e| HypercallError::block(&dev.name, e))?
+            }
             _ => SOLO5_R_EINVAL,
         };
         if arg.ret == SOLO5_R_OK {
@@ -540,115 +463,4 @@ fn read_kernel(path: &Path) -> Result<Vec<u8>, Error> {
         return Err(Error::Kernel { path: path.display().to_string(), reason: "file too large".into() });
     }
     std::fs::read(path).map_err(io_err)
-}
-
-/// Matches the command line's devices to the manifest, opens them, and fills the manifest
-/// fields the guest reads (`attached`, capacity, block size, MAC, MTU).
-fn attach_devices(config: &Config, manifest: &Manifest) -> Result<(Vec<Device>, Manifest), Error> {
-    let mut manifest = manifest.clone();
-    let mut devices: Vec<Device> = manifest.entries.iter().map(|_| Device::None).collect();
-
-    for spec in &config.blocks {
-        let handle = resolve(&manifest, spec.name.as_deref(), DeviceKind::Block, &spec.path.display().to_string())?;
-        let entry = &mut manifest.entries[handle];
-        let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
-        if entry.attached != 0 {
-            return Err(Error::Device(format!("device '{name}' is attached more than once")));
-        }
-        let dev = BlockDevice::open(&name, &spec.path, spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE))?;
-        entry.set_block(guest_abi::MftBlockBasic {
-            capacity: dev.capacity(),
-            block_size: dev.block_size(),
-            _pad: [0; 6],
-        });
-        entry.attached = 1;
-        devices[handle] = Device::Block(dev);
-    }
-    for spec in &config.nets {
-        let what = match &spec.source {
-            crate::devices::net::TapSource::Interface(i) => i.clone(),
-            crate::devices::net::TapSource::Fd(fd) => format!("@{fd}"),
-        };
-        let handle = resolve(&manifest, spec.name.as_deref(), DeviceKind::Net, &what)?;
-        let entry = &mut manifest.entries[handle];
-        let name = String::from_utf8_lossy(entry.name_bytes()).into_owned();
-        if entry.attached != 0 {
-            return Err(Error::Device(format!("device '{name}' is attached more than once")));
-        }
-        let dev = NetDevice::open(&name, &spec.source, spec.mac)?;
-        entry.set_net(guest_abi::MftNetBasic { mac: dev.mac, mtu: dev.mtu, _pad: [0; 8] });
-        entry.attached = 1;
-        devices[handle] = Device::Net(dev);
-    }
-    if let Some(e) = manifest.entries.iter().find(|e| e.dev_type < MFT_RESERVED_FIRST && e.attached == 0) {
-        let kind = match e.dev_type {
-            guest_abi::MFT_DEV_BLOCK_BASIC => "BLOCK_BASIC",
-            guest_abi::MFT_DEV_NET_BASIC => "NET_BASIC",
-            _ => "unknown",
-        };
-        return Err(Error::Device(format!(
-            "Device '{}' of type {kind} declared but not attached. All declared devices must be attached. See --help for syntax.",
-            String::from_utf8_lossy(e.name_bytes())
-        )));
-    }
-    Ok((devices, manifest))
-}
-
-/// The manifest index a `--block`/`--net` option refers to. Without a name, the guest must
-/// declare exactly one device of that kind.
-fn resolve(manifest: &Manifest, name: Option<&str>, kind: DeviceKind, value: &str) -> Result<usize, Error> {
-    let handle = match name {
-        Some(name) => match manifest.find(name) {
-            Some((h, e)) if e.dev_type == kind.abi_type() => h,
-            _ => {
-                return Err(Error::Device(format!("Resource not declared in manifest: '{name}'")));
-            }
-        },
-        None => {
-            let all: Vec<_> = manifest.devices(kind).collect();
-            match all.as_slice() {
-                [(h, _)] => *h,
-                [] => {
-                    return Err(Error::Device(format!(
-                        "{value}: the unikernel declares no {} device",
-                        kind.abi_name()
-                    )));
-                }
-                _ => {
-                    let names: Vec<_> = all.iter().map(|(_, n)| n.as_str()).collect();
-                    return Err(Error::Device(format!(
-                        "{value}: the unikernel declares several {} devices ({}); name one, as in --{}:NAME={value}",
-                        kind.abi_name(),
-                        names.join(", "),
-                        if kind == DeviceKind::Block { "block" } else { "net" }
-                    )));
-                }
-            }
-        }
-    };
-    Ok(handle as usize)
-}
-
-/// Guest memory and where the ring goes (ABI section 3): with a net device, 2 MiB more is mapped
-/// (within the 4 GiB cap) and the guest's `mem_size` stops where the ring starts, whether or not
-/// the ring then comes up. With only block devices the ring (tender's block extension) gets the
-/// 2 MiB above `mem_size` when they fit under the cap, and there is none otherwise: `mem_size`
-/// is always `--mem`. Returns (mapping size, guest-visible size); a ring when they differ.
-fn memory_layout(mem: u64, has_net: bool, has_block: bool) -> (u64, u64) {
-    let area = guest_abi::NET_RING_AREA_SIZE;
-    if has_net {
-        let total = (mem + area).min(guest_abi::MEM_MAX);
-        (total, total - area)
-    } else if has_block && mem + area <= guest_abi::MEM_MAX {
-        (mem + area, mem)
-    } else {
-        (mem, mem)
-    }
-}
-
-/// `host_features` for a running ring: Solo5's bit with a net device, tender's with a block one.
-fn ring_features(has_net: bool, has_block: bool) -> u32 {
-    let net = if has_net { guest_abi::HVT_FEATURE_RING_IO } else { 0 };
-    let block = if has_block { guest_abi::TENDER_FEATURE_BLOCK_RING } else { 0 };
-    net | block
 }

@@ -7,7 +7,6 @@ use std::path::Path;
 use guest_abi::{HcBlock, SOLO5_R_EINVAL, SOLO5_R_OK};
 
 use crate::memory::{GuestFault, GuestRam};
-use crate::vm::HypercallError;
 
 pub const DEFAULT_BLOCK_SIZE: u16 = 512;
 
@@ -62,17 +61,8 @@ impl BlockDevice {
     }
 
     /// BLOCK_READ or BLOCK_WRITE by hypercall. Returns the ABI result code.
-    pub fn request(&self, ram: &GuestRam, read: bool, req: &HcBlock) -> Result<i32, HypercallError> {
-        self.io.request(ram, read, req.offset, req.data, req.len).map_err(|e| match e {
-            BlockIoError::Guest(fault) => fault.into(),
-            BlockIoError::Host { op, errno } => self.host_io_failure(op, errno),
-        })
-    }
-
-    /// How a failed host read or write (`errno`, 0 for an early end of file) ends the run, by
-    /// hypercall or from the ring's thread.
-    pub fn host_io_failure(&self, op: &'static str, errno: i32) -> HypercallError {
-        HypercallError::HostIo { device: self.name.clone(), op, err: host_io_error(errno) }
+    pub fn request(&self, ram: &GuestRam, read: bool, req: &HcBlock) -> Result<i32, BlockIoError> {
+        self.io.request(ram, read, req.offset, req.data, req.len)
     }
 }
 

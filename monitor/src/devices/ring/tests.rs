@@ -1,0 +1,300 @@
+//! The I/O thread's bookkeeping, driven by hand on a small guest memory, with a datagram
+//! socket pair standing in for the tap (it keeps frames apart, as a tap does). The hostile
+//! suite (tests/hostile.rs) attacks the whole thing through a real guest.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+
+use crate::devices::block::BlockDevice;
+
+use guest_abi::{NET_RING_AREA_SIZE, SOLO5_R_AGAIN};
+
+use super::*;
+
+const MEM: u64 = 4 << 20;
+const RING: u64 = MEM;
+const BUF: u64 = 0x20_0000;
+
+struct Rig {
+    ram: GuestRam,
+    shared: Shared,
+    tap: UnixDatagram,
+    host_side: UnixDatagram,
+}
+
+fn rig() -> Rig {
+    let mut ram = GuestRam::new(MEM + NET_RING_AREA_SIZE, MEM).unwrap();
+    ram.protect_read_only(0x10_0000, 0x10_1000).unwrap();
+    let (tap, host_side) = UnixDatagram::pair().unwrap();
+    tap.set_nonblocking(true).unwrap();
+    let shared = Shared {
+        ready: AtomicU8::new(1),
+        stop: AtomicBool::new(false),
+        stopped: AtomicBool::new(false),
+        fault_kind: AtomicU8::new(0),
+        fault_a: AtomicU64::new(0),
+        fault_b: AtomicU64::new(0),
+        counters: (0..3).map(|_| Counters::default()).collect(),
+        pid: 0,
+    };
+    Rig { ram, shared, tap, host_side }
+}
+
+impl Rig {
+    /// Handle 1 is the NIC (MTU 1500); handle 0 is the manifest's reserved entry.
+    fn taps(&self) -> [Target; 2] {
+        [Target::None, Target::Net(TapIo::new(self.tap.as_raw_fd(), 1500))]
+    }
+
+    /// A worker whose own indices start at `head` and `com_tail`, as after that many entries.
+    fn worker<'a>(&'a self, targets: &'a [Target], head: u32, com_tail: u32) -> Worker<'a> {
+        let ring = self.ram.inner().get_slice(GuestAddress(RING), NET_RING_SIZE).unwrap();
+        Worker { ring, ram: &self.ram, targets, shared: &self.shared, ent_head: head, com_tail }
+    }
+
+    fn post(&self, index: u32, entry: NetRingEntry) {
+        let at = RING + (NET_RING_ENTRIES_OFFSET + (index % NET_RING_ENTRIES) as usize * 32) as u64;
+        self.ram.inner().write_obj(Abi(entry), GuestAddress(at)).unwrap();
+    }
+
+    fn set_tail(&self, tail: u32) {
+        self.ram.inner().store(tail, GuestAddress(RING + NET_RING_ENT_TAIL as u64), Ordering::Release).unwrap();
+    }
+
+    fn host_index(&self, offset: usize) -> u32 {
+        self.ram.inner().load(GuestAddress(RING + offset as u64), Ordering::Acquire).unwrap()
+    }
+
+    fn commit(&self, index: u32) -> NetRingCommit {
+        let at = RING + (NET_RING_COMMITS_OFFSET + (index % NET_RING_ENTRIES) as usize * 16) as u64;
+        self.ram.inner().read_obj::<Abi<NetRingCommit>>(GuestAddress(at)).unwrap().0
+    }
+}
+
+fn entry(operation: u32, handle: u32, data: u64, len: u32, id: u32) -> NetRingEntry {
+    NetRingEntry { operation, handle, data, len, id, offset: 0 }
+}
+
+fn block_entry(operation: u32, handle: u32, offset: u64, data: u64, len: u32, id: u32) -> NetRingEntry {
+    NetRingEntry { operation, handle, data, len, id, offset }
+}
+
+/// A file of four 512-byte blocks filled with 1, 2, 3 and 4, attached as a block device and
+/// removed when dropped.
+struct Disk {
+    path: std::path::PathBuf,
+    device: BlockDevice,
+}
+
+fn disk(test: &str) -> Disk {
+    let path = std::env::temp_dir().join(format!("tender-ring-{}-{test}", std::process::id()));
+    let blocks: Vec<u8> = (0..2048).map(|i| (i / 512) as u8 + 1).collect();
+    std::fs::write(&path, blocks).unwrap();
+    let device = BlockDevice::open("storage", &path, 512).unwrap();
+    Disk { path, device }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Rig {
+    /// Handle 1 is the NIC, handle 2 the disk.
+    fn devices(&self, disk: &Disk) -> [Target; 3] {
+        let [none, net] = self.taps();
+        [none, net, Target::Block(disk.device.io())]
+    }
+}
+
+#[test]
+fn writes_and_reads_across_the_index_wrap() {
+    let r = rig();
+    let head = u32::MAX - 1;
+    for i in 0..3u32 {
+        r.ram.write_setup(BUF + u64::from(i) * 64, &[i as u8 + 1; 60]).unwrap();
+        r.post(head.wrapping_add(i), entry(NET_RING_OP_WRITE, 1, BUF + u64::from(i) * 64, 60, i));
+    }
+    r.host_side.send(b"a frame from the host").unwrap();
+    r.post(head.wrapping_add(3), entry(NET_RING_OP_READ, 1, BUF + 0x1000, 1514, 77));
+    r.post(head.wrapping_add(4), entry(NET_RING_OP_READ, 1, BUF + 0x1000, 1514, 78));
+    r.set_tail(head.wrapping_add(5));
+    let taps = r.taps();
+    r.worker(&taps, head, u32::MAX).process(Pass::Serving).unwrap();
+    for i in 0..3u8 {
+        let mut frame = [0u8; 100];
+        assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60);
+        assert_eq!(frame[..60], [i + 1; 60], "frames leave in order");
+    }
+    assert_eq!(r.host_index(NET_RING_ENT_HEAD), head.wrapping_add(5));
+    assert_eq!(r.host_index(NET_RING_COM_TAIL), 1, "two commits, from u32::MAX round to 1");
+    let (first, second) = (r.commit(u32::MAX), r.commit(0));
+    assert_eq!((first.id, first.ret, first.len), (77, SOLO5_R_OK, 21));
+    assert_eq!((second.id, second.ret, second.len), (78, SOLO5_R_AGAIN, 0));
+    let mut got = [0u8; 21];
+    r.ram.inner().read_slice(&mut got, GuestAddress(BUF + 0x1000)).unwrap();
+    assert_eq!(&got, b"a frame from the host");
+    let c = &r.shared.counters[1];
+    assert_eq!(c.write_ops.load(Ordering::Relaxed), 3);
+    assert_eq!(c.read_bytes.load(Ordering::Relaxed), 21);
+}
+
+#[test]
+fn bad_handles_operations_and_sizes_are_dropped_or_refused() {
+    let r = rig();
+    let entries = [
+        entry(NET_RING_OP_READ, 0, BUF, 1514, 1),
+        entry(NET_RING_OP_READ, 2, BUF, 1514, 2),
+        entry(NET_RING_OP_READ, u32::MAX, BUF, 1514, 3),
+        entry(NET_RING_OP_WRITE, 0, BUF, 60, 4),
+        entry(NET_RING_OP_WRITE, 1, BUF, 13, 5),
+        entry(NET_RING_OP_WRITE, 1, BUF, 1515, 6),
+        entry(0, 1, BUF, 60, 7),
+        entry(u32::MAX, 1, u64::MAX, u32::MAX, 8),
+    ];
+    for (i, e) in entries.iter().enumerate() {
+        r.post(i as u32, *e);
+    }
+    r.set_tail(entries.len() as u32);
+    let taps = r.taps();
+    r.worker(&taps, 0, 0).process(Pass::Serving).unwrap();
+    assert_eq!(r.host_index(NET_RING_ENT_HEAD), entries.len() as u32);
+    assert_eq!(r.host_index(NET_RING_COM_TAIL), 3);
+    for (i, id) in [1, 2, 3].into_iter().enumerate() {
+        let c = r.commit(i as u32);
+        assert_eq!((c.id, c.ret, c.len), (id, SOLO5_R_EINVAL, 0));
+    }
+    let mut frame = [0u8; 2048];
+    r.host_side.set_nonblocking(true).unwrap();
+    assert!(r.host_side.recv(&mut frame).is_err(), "nothing reached the tap");
+}
+
+#[test]
+fn indices_out_of_range_and_bad_buffers_are_faults() {
+    for (head, tail) in [(0, NET_RING_ENTRIES + 1), (5, 4), (u32::MAX - 10, 2000)] {
+        let r = rig();
+        r.set_tail(tail);
+        assert_eq!(r.worker(&[], head, 0).process(Pass::Serving), Err(RingFault::Index { head, tail }));
+    }
+    let cases = [
+        (entry(NET_RING_OP_WRITE, 1, MEM - 10, 60, 0), GuestFault { gpa: MEM - 10, len: 60, write: false }),
+        (entry(NET_RING_OP_READ, 1, RING, 1514, 0), GuestFault { gpa: RING, len: 1514, write: false }),
+        (entry(NET_RING_OP_READ, 1, 0x10_0800, 64, 0), GuestFault { gpa: 0x10_0800, len: 64, write: true }),
+        (entry(NET_RING_OP_READ, 1, BUF, u32::MAX, 0), GuestFault { gpa: BUF, len: u64::from(u32::MAX), write: false }),
+    ];
+    for (e, fault) in cases {
+        let r = rig();
+        r.post(0, e);
+        r.set_tail(1);
+        let taps = r.taps();
+        assert_eq!(r.worker(&taps, 0, 0).process(Pass::Serving), Err(RingFault::Access(fault)));
+        r.shared.record(RingFault::Access(fault));
+        assert_eq!(r.shared.fault(), Some(RingFault::Access(fault)), "the fault crosses to the vCPU thread intact");
+    }
+    let exactly_a_ring = rig();
+    exactly_a_ring.set_tail(NET_RING_ENTRIES);
+    assert_eq!(
+        exactly_a_ring.worker(&[], 0, 0).process(Pass::Serving),
+        Ok(()),
+        "a full ring (of zeroed entries, skipped) is fine"
+    );
+}
+
+#[test]
+fn block_requests_are_carried_out_and_bad_ones_get_einval() {
+    let (r, disk) = (rig(), disk("requests"));
+    r.ram.write_setup(BUF + 0x1000, &[0xaa; 512]).unwrap();
+    let entries = [
+        block_entry(RING_OP_BLOCK_READ, 2, 512, BUF, 1024, 1),
+        block_entry(RING_OP_BLOCK_WRITE, 2, 0, BUF + 0x1000, 512, 2),
+        block_entry(RING_OP_BLOCK_READ, 2, 256, BUF, 512, 3),
+        block_entry(RING_OP_BLOCK_READ, 2, 1536, BUF, 1024, 4),
+        block_entry(RING_OP_BLOCK_WRITE, 2, 0, BUF, 100, 5),
+        block_entry(RING_OP_BLOCK_WRITE, 2, u64::MAX - 511, BUF, 512, 6),
+        block_entry(RING_OP_BLOCK_READ, 1, 0, BUF, 512, 7),
+        block_entry(RING_OP_BLOCK_READ, 0, 0, BUF, 512, 8),
+        block_entry(RING_OP_BLOCK_WRITE, 9, 0, BUF, 512, 9),
+        entry(NET_RING_OP_READ, 2, BUF, 1514, 10),
+        entry(NET_RING_OP_WRITE, 2, BUF, 60, 11),
+    ];
+    for (i, e) in entries.iter().enumerate() {
+        r.post(i as u32, *e);
+    }
+    r.set_tail(entries.len() as u32);
+    let targets = r.devices(&disk);
+    r.worker(&targets, 0, 0).process(Pass::Serving).unwrap();
+    assert_eq!(r.host_index(NET_RING_ENT_HEAD), entries.len() as u32);
+    assert_eq!(r.host_index(NET_RING_COM_TAIL), 10, "every entry but the net write is answered");
+    let answers: Vec<_> = (0..10).map(|i| r.commit(i)).map(|c| (c.id, c.ret, c.len)).collect();
+    let mut want = vec![(1, SOLO5_R_OK, 1024), (2, SOLO5_R_OK, 512)];
+    want.extend((3..=10).map(|id| (id, SOLO5_R_EINVAL, 0)));
+    assert_eq!(answers, want);
+    let mut got = [0u8; 1024];
+    r.ram.inner().read_slice(&mut got, GuestAddress(BUF)).unwrap();
+    assert!(got[..512].iter().all(|&b| b == 2) && got[512..].iter().all(|&b| b == 3), "blocks 1 and 2 read");
+    let file = std::fs::read(&disk.path).unwrap();
+    assert!(file[..512].iter().all(|&b| b == 0xaa), "block 0 written");
+    assert!(file[512..].iter().zip(512..).all(|(&b, i)| b == (i / 512) as u8 + 1), "nothing else written");
+    let c = &r.shared.counters[2];
+    let counted = [&c.read_ops, &c.read_bytes, &c.write_ops, &c.write_bytes].map(|n| n.load(Ordering::Relaxed));
+    assert_eq!(counted, [1, 1024, 1, 512]);
+}
+
+#[test]
+fn bad_block_buffers_and_failed_host_io_are_faults() {
+    let cases = [
+        (
+            block_entry(RING_OP_BLOCK_WRITE, 2, 0, MEM - 10, 512, 0),
+            GuestFault { gpa: MEM - 10, len: 512, write: false },
+        ),
+        (block_entry(RING_OP_BLOCK_READ, 2, 0, RING, 512, 0), GuestFault { gpa: RING, len: 512, write: false }),
+        (
+            block_entry(RING_OP_BLOCK_READ, 2, 0, 0x10_0800, 512, 0),
+            GuestFault { gpa: 0x10_0800, len: 512, write: true },
+        ),
+    ];
+    for (e, fault) in cases {
+        let (r, disk) = (rig(), disk("buffers"));
+        r.post(0, e);
+        r.set_tail(1);
+        let targets = r.devices(&disk);
+        assert_eq!(r.worker(&targets, 0, 0).process(Pass::Serving), Err(RingFault::Access(fault)));
+        assert_eq!(r.host_index(NET_RING_COM_TAIL), 0, "no answer to a request that ended the run");
+        assert_eq!(std::fs::read(&disk.path).unwrap()[..512], [1; 512], "the file is untouched");
+    }
+    // The file shrinks behind the tender's back: the read it promised cannot be done.
+    let (r, disk) = (rig(), disk("eof"));
+    std::fs::OpenOptions::new().write(true).open(&disk.path).unwrap().set_len(1024).unwrap();
+    r.post(0, block_entry(RING_OP_BLOCK_READ, 2, 1536, BUF, 512, 0));
+    r.set_tail(1);
+    let targets = r.devices(&disk);
+    let eof = RingFault::Storage { handle: 2, op: "read", errno: 0 };
+    assert_eq!(r.worker(&targets, 0, 0).process(Pass::Serving), Err(eof));
+    assert_eq!(eof.to_string(), "block device 2: read failed: unexpected end of file");
+    for fault in [eof, RingFault::Storage { handle: 7, op: "write", errno: libc::ENOSPC }] {
+        r.shared.record(fault);
+        assert_eq!(r.shared.fault(), Some(fault), "the fault crosses to the vCPU thread intact");
+    }
+}
+
+#[test]
+fn after_the_vcpu_stopped_frames_leave_and_block_requests_are_skipped() {
+    let (r, disk) = (rig(), disk("last-pass"));
+    r.ram.write_setup(BUF, &[0xaa; 512]).unwrap();
+    r.post(0, block_entry(RING_OP_BLOCK_WRITE, 2, 0, BUF, 512, 1));
+    r.post(1, entry(NET_RING_OP_WRITE, 1, BUF, 60, 2));
+    r.set_tail(2);
+    let targets = r.devices(&disk);
+    // Told to stop: the serving pass leaves everything to the last pass.
+    r.shared.stop.store(true, Ordering::Release);
+    r.worker(&targets, 0, 0).process(Pass::Serving).unwrap();
+    assert_eq!(r.host_index(NET_RING_ENT_HEAD), 0);
+    let mut worker = r.worker(&targets, 0, 0);
+    worker.process(Pass::Last).unwrap();
+    assert_eq!(r.host_index(NET_RING_ENT_HEAD), 2, "both entries consumed");
+    assert_eq!(r.host_index(NET_RING_COM_TAIL), 0, "no commit");
+    let mut frame = [0u8; 100];
+    assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60, "the frame left");
+    assert_eq!(std::fs::read(&disk.path).unwrap()[..512], [1; 512], "the block write did not happen");
+}
