@@ -26,11 +26,11 @@ fi
 status=0
 cargo test --release --workspace --no-fail-fast "$@" || status=$?
 if [ $# -eq 0 ]; then
-    # The static build (`cargo build-static`, for deployment) through the suites that run the
-    # tender binary end to end.
+    # The static build (`cargo build-static`, for deployment) through every suite that runs the
+    # tender binary end to end (TENDER_BIN: the harness then runs no other tender).
     cargo build-static -q
-    TENDER_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/tender" cargo test --release -p tender \
-        --no-fail-fast --test boot --test exit_codes --test sandbox --test network --test hostile \
-        --test report || status=$?
+    TENDER_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/tender" cargo test --release -p tender-tests \
+        --no-fail-fast --test boot --test exit_codes --test block --test network --test services \
+        --test sandbox --test hostile --test report || status=$?
 fi
 exit "$status"

@@ -1,7 +1,7 @@
 //! A hostile guest: each run makes ONE attack on the tender through the ABI (the first word of
 //! the command line names it). If the tender answers instead of ending the run, the guest prints
 //! what it got (`ret=2`, ...) and exits with [`ANSWERED`] (42), so a test sees exactly how the
-//! tender reacted. The table of attacks and expected outcomes heads monitor/tests/hostile.rs.
+//! tender reacted. The table of attacks and expected outcomes heads tests/hostile.rs.
 //!
 //! Needs one block device, `storage` (at least 4 blocks of 512 bytes). The net attacks are the
 //! second binary, `hostile-net` (src/bin/net.rs).

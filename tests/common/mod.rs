@@ -9,21 +9,35 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
+/// Where cargo puts what it builds: the directory above this test binary's profile directory
+/// (`target/release/deps/boot-…` → `target`), which also honours `CARGO_TARGET_DIR`.
+fn target_dir() -> PathBuf {
+    profile_dir().parent().expect("target directory").to_path_buf()
+}
+
+/// `target/<profile>` of this test binary (`release` under `cargo test --release`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    exe.parent().and_then(Path::parent).expect("profile directory of the test binary").to_path_buf()
+}
+
+/// Runs `cargo build ARGS` in the workspace; a failure fails the test with cargo's output.
+fn cargo_build(args: &[&str]) {
+    let out = Command::new(env!("CARGO"))
+        .arg("build")
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .expect("run cargo build");
+    assert!(out.status.success(), "cargo build {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// Builds every guest in `examples/` (release, as users build them) once per test process and
 /// returns the path of the ELF `name`.
 pub fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--workspace", "--bins"])
-            .current_dir(workspace_root())
-            .output()
-            .expect("run cargo build for the guests");
-        assert!(out.status.success(), "building the guests failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    });
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join("release").join(name);
+    BUILT.get_or_init(|| cargo_build(&["--release", "--workspace", "--bins"]));
+    let path = target_dir().join("release").join(name);
     assert!(path.is_file(), "guest ELF {} missing", path.display());
     path
 }
@@ -35,10 +49,28 @@ pub fn require_kvm() {
     }
 }
 
-/// The tender under test: the one cargo built for this test run, or `TENDER_BIN` (scripts/test.sh
-/// runs the end-to-end suites again against the static build that way).
+/// The tender under test: `TENDER_BIN` when set (scripts/test.sh runs the end-to-end suites
+/// again against the static build that way); otherwise the workspace's own, built once per test
+/// process for the profile of this test binary, so that `cargo test --workspace` works in debug
+/// and in release alike.
 pub fn tender_path() -> PathBuf {
-    std::env::var_os("TENDER_BIN").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_BIN_EXE_tender").into())
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(bin) = std::env::var_os("TENDER_BIN") {
+                let bin = PathBuf::from(bin);
+                assert!(bin.is_file(), "TENDER_BIN={} is not a file", bin.display());
+                return bin;
+            }
+            let profile = profile_dir();
+            match profile.file_name().and_then(|n| n.to_str()) {
+                Some("release") => cargo_build(&["--release", "-p", "tender", "--bin", "tender"]),
+                Some("debug") => cargo_build(&["-p", "tender", "--bin", "tender"]),
+                other => panic!("test binary in an unknown profile directory {other:?}: set TENDER_BIN"),
+            }
+            profile.join("tender")
+        })
+        .clone()
 }
 
 pub fn tender() -> Command {
@@ -133,9 +165,9 @@ impl NetNs {
         c
     }
 
-    /// tender inside the namespace.
+    /// tender inside the namespace (`TENDER_BIN` when set, as everywhere).
     pub fn tender(&self) -> Command {
-        self.command(env!("CARGO_BIN_EXE_tender"))
+        self.command(tender_path().to_str().expect("tender's path is UTF-8"))
     }
 }
 

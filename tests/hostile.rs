@@ -70,7 +70,7 @@
 //! solo5-hvt does not register them then and ends the run (`Invalid guest hypercall: num=N`).
 //!
 //! The `#[ignore]`d tests at the end pin down tender bugs found by this suite (see each one);
-//! run them with `cargo test --release -p tender --test hostile -- --ignored`.
+//! run them with `cargo test --release -p tender-tests --test hostile -- --ignored`.
 
 mod common;
 
