@@ -721,11 +721,10 @@ fn a_broken_stderr_does_not_kill_tender() {
     assert_eq!(output.status.code(), Some(1));
 }
 
-/// A guest printing to a stdout nobody drains blocks tender in write(2); PUTS retries on EINTR
-/// without looking at pending signals, so neither `--timeout` nor SIGTERM ends the run (only
-/// the reader going away does). `--timeout` should bound the run regardless.
+/// A guest printing to a stdout nobody drains blocks tender in write(2). A signal interrupts the
+/// write, and PUTS looks for a pending signal before it writes again, so `--timeout` bounds the
+/// run even then (it once retried on EINTR without looking, and never ended).
 #[test]
-
 fn timeout_ends_a_run_blocked_on_its_output() {
     require_kvm();
     let dir = TempDir::new("hostile-stdout");

@@ -29,7 +29,9 @@ const VALUE_OPTIONS: [&str; 7] = ["--mem", "--net", "--block", "--seccomp", "--d
 
 Everything after KERNEL is passed to the guest as its command line.
 Exit status: the guest's status when it exits (255 when it aborts or faults); 1 when tender
-reports an error, the guest breaks the ABI, or tender is stopped by SIGINT, SIGTERM or SIGUSR1."
+reports an error (a host fault during the run too: a block file that fails, a tap that goes
+away, a closed stdout), the guest breaks the ABI, or tender is stopped by SIGINT, SIGTERM or
+SIGUSR1."
 )]
 struct Cli {
     /// Guest memory in MiB (rounded down to 2 MiB; 2 to 4096)

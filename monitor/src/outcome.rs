@@ -2,8 +2,8 @@
 //! the report and the run loop share. This module sits below all of them, so that imports in the
 //! monitor run one way (devices and the report never import `vm`).
 
-use crate::devices::block::{BlockIoError, host_io_error};
 use crate::devices::ring::RingFault;
+use crate::devices::{IoError, host_io_error};
 use crate::memory::GuestFault;
 use guest_abi::TrapFrame;
 
@@ -15,7 +15,8 @@ pub enum RunEnd {
     Halted { status: i32, trap: Option<Trap> },
     /// The guest broke the rules; the run was ended.
     GuestError { error: GuestError, rip: u64 },
-    /// A host-side failure during the run (I/O error, KVM failure).
+    /// A host-side failure during the run (a block file's I/O error, a tap that went away, a
+    /// closed stdout, a KVM failure).
     HostError(String),
     /// SIGINT, SIGTERM or SIGUSR1 (from outside; the ring's own SIGUSR1 becomes a guest fault).
     Signal(i32),
@@ -89,17 +90,18 @@ impl From<GuestFault> for HypercallError {
 }
 
 impl HypercallError {
-    /// A failed host read or write of device `device` (`errno`, 0 for an early end of file): the
-    /// run ends the same way whether the request came by hypercall or through the ring.
+    /// A failed host read or write of device `device` (`errno`, 0 for an early end of file), a
+    /// block file or a tap: the run ends the same way whether the request came by hypercall,
+    /// through the ring, or (a tap that went away) from POLL.
     pub fn host_io(device: &str, op: &'static str, errno: i32) -> Self {
         HypercallError::HostIo { device: device.into(), op, err: host_io_error(errno) }
     }
 
-    /// A block request of device `device` that could not be answered.
-    pub fn block(device: &str, e: BlockIoError) -> Self {
+    /// A request to device `device` (a block file or a tap) that could not be answered.
+    pub fn device(device: &str, e: IoError) -> Self {
         match e {
-            BlockIoError::Guest(fault) => fault.into(),
-            BlockIoError::Host { op, errno } => Self::host_io(device, op, errno),
+            IoError::Guest(fault) => fault.into(),
+            IoError::Host { op, errno } => Self::host_io(device, op, errno),
         }
     }
 }

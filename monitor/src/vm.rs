@@ -19,6 +19,7 @@ use crate::attach::{attach_devices, memory_layout, ring_features};
 use crate::boot;
 use crate::config::Config;
 use crate::devices::Device;
+use crate::devices::net::NetDevice;
 
 use crate::devices::poll::{Poller, Wait};
 use crate::devices::ring::{Ring, RingFault, Target};
@@ -187,13 +188,14 @@ impl Vm {
                 && !matches!(end, RunEnd::GuestError { .. } | RunEnd::HostError(_))
             {
                 end = match fault {
-                    RingFault::Storage { handle, op, errno } => {
-                        RunEnd::HostError(match self.devices.get(handle as usize) {
-                            Some(Device::Block(b)) => HypercallError::host_io(&b.name, op, errno).to_string(),
-                            // A storage fault always names a block handle; its own text otherwise.
-                            _ => fault.to_string(),
-                        })
-                    }
+                    RingFault::Host { handle, op, errno } => RunEnd::HostError(match self.device(u64::from(handle)) {
+                        Some(dev @ (Device::Block(_) | Device::Net(_))) => {
+                            HypercallError::host_io(dev.name(), op, errno).to_string()
+                        }
+                        // A host fault always names a device's handle; its own text otherwise.
+                        _ => fault.to_string(),
+                    }),
+                    RingFault::Kick { .. } => RunEnd::HostError(fault.to_string()),
                     guest => RunEnd::GuestError { error: GuestError::Ring(guest), rip: self.rip() },
                 };
             }
@@ -345,6 +347,13 @@ impl Vm {
                 arg.ret = count;
             }
             Ok(Wait::Interrupted) => return Err(HypercallError::Interrupted.into()),
+            Ok(Wait::HangUp(handle)) => {
+                return Err(match self.device(handle) {
+                    Some(Device::Net(dev)) => HypercallError::device(&dev.name, dev.io().hang_up()),
+                    _ => HypercallError::Host(format!("poll failed: hang-up on handle {handle}")),
+                }
+                .into());
+            }
             Err(e) => return Err(HypercallError::Host(format!("poll failed: {e}")).into()),
         }
         Ok(self.ram.write_arg(gpa, arg)?)
@@ -356,7 +365,7 @@ impl Vm {
         let read = nr == Hypercall::BlockRead;
         arg.ret = match self.device(arg.handle) {
             Some(Device::Block(dev)) => {
-                dev.request(&self.ram, read, &arg).map_err(|e| HypercallError::block(&dev.name, e))?
+                dev.request(&self.ram, read, &arg).map_err(|e| HypercallError::device(&dev.name, e))?
             }
             _ => SOLO5_R_EINVAL,
         };
@@ -370,9 +379,14 @@ impl Vm {
         let mut arg: HcNet = self.ram.read_arg(gpa)?;
         self.ram.check_write(gpa, size_of::<HcNet>() as u64)?;
         let read = nr == Hypercall::NetRead;
+        let failed = |dev: &NetDevice, e| HypercallError::device(&dev.name, e);
         match self.device(arg.handle) {
-            Some(Device::Net(dev)) if read => (arg.ret, arg.len) = dev.io().read(&self.ram, arg.data, arg.len)?,
-            Some(Device::Net(dev)) => arg.ret = dev.io().write(&self.ram, arg.data, arg.len)?,
+            Some(Device::Net(dev)) if read => {
+                (arg.ret, arg.len) = dev.io().read(&self.ram, arg.data, arg.len).map_err(|e| failed(dev, e))?;
+            }
+            Some(Device::Net(dev)) => {
+                arg.ret = dev.io().write(&self.ram, arg.data, arg.len).map_err(|e| failed(dev, e))?
+            }
             _ => arg.ret = SOLO5_R_EINVAL,
         }
         if arg.ret == SOLO5_R_OK {

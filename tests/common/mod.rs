@@ -201,6 +201,11 @@ impl Running {
         Running { child: Some(child) }
     }
 
+    /// A child spawned by the caller, with its stderr piped.
+    pub fn from_child(child: std::process::Child) -> Self {
+        Running { child: Some(child) }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, std::process::Child::id)
     }

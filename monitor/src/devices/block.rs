@@ -6,7 +6,8 @@ use std::path::Path;
 
 use guest_abi::{HcBlock, SOLO5_R_EINVAL, SOLO5_R_OK};
 
-use crate::memory::{GuestFault, GuestRam};
+use crate::devices::IoError;
+use crate::memory::GuestRam;
 
 pub const DEFAULT_BLOCK_SIZE: u16 = 512;
 
@@ -61,25 +62,8 @@ impl BlockDevice {
     }
 
     /// BLOCK_READ or BLOCK_WRITE by hypercall. Returns the ABI result code.
-    pub fn request(&self, ram: &GuestRam, read: bool, req: &HcBlock) -> Result<i32, BlockIoError> {
+    pub fn request(&self, ram: &GuestRam, read: bool, req: &HcBlock) -> Result<i32, IoError> {
         self.io.request(ram, read, req.offset, req.data, req.len)
-    }
-}
-
-/// Why a block request could not be answered: either ends the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlockIoError {
-    /// The buffer is not guest memory the request may use.
-    Guest(GuestFault),
-    /// The host's read or write failed (`errno`), or the file ended early (`errno` 0).
-    Host { op: &'static str, errno: i32 },
-}
-
-/// The error for a [`BlockIoError::Host`]'s `errno`.
-pub fn host_io_error(errno: i32) -> std::io::Error {
-    match errno {
-        0 => std::io::ErrorKind::UnexpectedEof.into(),
-        e => std::io::Error::from_raw_os_error(e),
     }
 }
 
@@ -107,12 +91,12 @@ impl BlockIo {
     /// Reads (`read`) the device at byte `offset` into the `len` bytes of guest memory at
     /// `data`, or writes them there. Returns the ABI result code: EINVAL for a request outside
     /// the device or not whole blocks.
-    pub fn request(&self, ram: &GuestRam, read: bool, offset: u64, data: u64, len: u64) -> Result<i32, BlockIoError> {
+    pub fn request(&self, ram: &GuestRam, read: bool, offset: u64, data: u64, len: u64) -> Result<i32, IoError> {
         if !self.request_ok(offset, len) {
             return Ok(SOLO5_R_EINVAL);
         }
         if read {
-            let buf = ram.slice_mut(data, len).map_err(BlockIoError::Guest)?;
+            let buf = ram.slice_mut(data, len).map_err(IoError::Guest)?;
             let base = buf.ptr_guard_mut().as_ptr();
             self.transfer("read", buf.len(), offset, |done, at| {
                 // SAFETY: `base..base+len` is a checked, host-writable range of guest RAM
@@ -120,7 +104,7 @@ impl BlockIo {
                 unsafe { libc::pread64(self.fd, base.add(done).cast(), buf.len() - done, at) }
             })
         } else {
-            let buf = ram.slice(data, len).map_err(BlockIoError::Guest)?;
+            let buf = ram.slice(data, len).map_err(IoError::Guest)?;
             let base = buf.ptr_guard().as_ptr();
             self.transfer("write", buf.len(), offset, |done, at| {
                 // SAFETY: `base..base+len` is a checked range of guest RAM (`ram.slice`) that
@@ -138,16 +122,16 @@ impl BlockIo {
         len: usize,
         offset: u64,
         mut io: impl FnMut(usize, i64) -> isize,
-    ) -> Result<i32, BlockIoError> {
+    ) -> Result<i32, IoError> {
         let mut done = 0usize;
         while done < len {
             match io(done, (offset + done as u64) as i64) {
                 n if n > 0 => done += n as usize,
-                0 => return Err(BlockIoError::Host { op, errno: 0 }),
+                0 => return Err(IoError::Host { op, errno: 0 }),
                 _ => {
                     let err = std::io::Error::last_os_error();
                     if err.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(BlockIoError::Host { op, errno: err.raw_os_error().unwrap_or(libc::EIO) });
+                        return Err(IoError::Host { op, errno: err.raw_os_error().unwrap_or(libc::EIO) });
                     }
                 }
             }

@@ -7,7 +7,8 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use guest_abi::{SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-use crate::memory::{GuestFault, GuestRam};
+use crate::devices::IoError;
+use crate::memory::GuestRam;
 
 /// Ethernet header length: frames may be up to MTU + this.
 pub const ETHERNET_HEADER: u64 = 14;
@@ -92,38 +93,75 @@ impl TapIo {
     }
 
     /// NET_WRITE: one frame of `len` bytes at `data` in guest memory to the tap. Returns the
-    /// result code for the guest.
-    pub fn write(&self, ram: &GuestRam, data: u64, len: u64) -> Result<i32, GuestFault> {
+    /// result code for the guest: a frame the tap refuses (the interface is down, the kernel is
+    /// short of memory) is dropped, as a NIC would; a tap that is gone ends the run.
+    pub fn write(&self, ram: &GuestRam, data: u64, len: u64) -> Result<i32, IoError> {
         // A frame has at least its Ethernet header and at most MTU bytes of payload after it.
         if !(ETHERNET_HEADER..=u64::from(self.mtu) + ETHERNET_HEADER).contains(&len) {
             return Ok(SOLO5_R_EINVAL);
         }
-        let buf = ram.slice(data, len)?;
+        let buf = ram.slice(data, len).map_err(IoError::Guest)?;
         // SAFETY: `buf` is a checked range of guest RAM that stays mapped for this call; the
         // kernel only reads from it.
         let n = unsafe { libc::write(self.fd, buf.ptr_guard().as_ptr().cast(), buf.len()) };
-        Ok(match n {
-            n if n as u64 == len => SOLO5_R_OK,
-            n if n >= 0 => SOLO5_R_EUNSPEC,
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => SOLO5_R_AGAIN,
-            _ => SOLO5_R_EUNSPEC,
-        })
+        match n {
+            n if n as u64 == len => Ok(SOLO5_R_OK),
+            n if n >= 0 => Ok(SOLO5_R_EUNSPEC),
+            _ => failed("write"),
+        }
     }
 
     /// NET_READ: at most one frame from the tap into the `len` bytes at `data`. Returns the
-    /// result code and the frame length.
-    pub fn read(&self, ram: &GuestRam, data: u64, len: u64) -> Result<(i32, u64), GuestFault> {
-        let buf = ram.slice_mut(data, len)?;
+    /// result code and the frame length; a tap that is gone ends the run.
+    pub fn read(&self, ram: &GuestRam, data: u64, len: u64) -> Result<(i32, u64), IoError> {
+        let buf = ram.slice_mut(data, len).map_err(IoError::Guest)?;
         // SAFETY: `buf` is a checked, host-writable range of guest RAM that stays mapped for
         // this call.
         let n = unsafe { libc::read(self.fd, buf.ptr_guard_mut().as_ptr().cast(), buf.len()) };
-        Ok(match n {
-            n if n > 0 => (SOLO5_R_OK, n as u64),
-            0 => (SOLO5_R_AGAIN, 0),
-            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => (SOLO5_R_AGAIN, 0),
-            _ => (SOLO5_R_EUNSPEC, 0),
-        })
+        match n {
+            n if n > 0 => Ok((SOLO5_R_OK, n as u64)),
+            0 => Ok((SOLO5_R_AGAIN, 0)),
+            _ => failed("read").map(|ret| (ret, 0)),
+        }
     }
+
+    /// Why epoll reported an error or hang-up on the tap: the error a read gives now (without
+    /// taking a frame: it asks for 0 bytes), or EIO if the read succeeds. Either way the run
+    /// ends, since epoll would report the same again at once.
+    pub fn hang_up(&self) -> IoError {
+        let mut nothing = [0u8; 0];
+        // SAFETY: a zero-length read into our own (empty) buffer writes nothing.
+        let n = unsafe { libc::read(self.fd, nothing.as_mut_ptr().cast(), 0) };
+        let errno = if n < 0 { last_errno() } else { libc::EIO };
+        IoError::Host { op: "read", errno }
+    }
+}
+
+/// The guest's answer to a failed tap read or write (`op`), or the end of the run if the tap is
+/// gone.
+fn failed(op: &'static str) -> Result<i32, IoError> {
+    match last_errno() {
+        libc::EAGAIN => Ok(SOLO5_R_AGAIN),
+        errno if tap_gone(op, errno) => Err(IoError::Host { op, errno }),
+        _ => Ok(SOLO5_R_EUNSPEC),
+    }
+}
+
+/// Whether a tap read or write failing with `errno` means the tap is gone for good. A deleted
+/// interface gives EBADFD on both, and epoll reports EPOLLERR for it at once, so answering
+/// anything but the end of the run would make guest and tender spin. An interface that is only
+/// down refuses writes with EIO, which passes once it is up again: that frame is just dropped.
+fn tap_gone(op: &str, errno: i32) -> bool {
+    match errno {
+        libc::EBADFD | libc::EBADF | libc::ENXIO | libc::ENODEV => true,
+        // A non-blocking read on a live tap never fails with EIO.
+        libc::EIO => op == "read",
+        _ => false,
+    }
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// Opens an existing tap interface. It must exist already: TUNSETIFF on an unknown name would

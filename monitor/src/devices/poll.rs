@@ -1,4 +1,5 @@
-//! POLL: wait for a frame on any net device or for a timeout.
+//! POLL: wait for a frame on any net device or for a timeout. A tap that reports an error or
+//! hang-up ends the wait, and the run: epoll would report it again at once, for ever.
 
 use std::os::fd::{AsFd, RawFd};
 use std::time::Duration;
@@ -35,6 +36,9 @@ pub enum Wait {
     },
     /// A signal arrived; the run loop decides what to do.
     Interrupted,
+    /// epoll reported an error or hang-up on the tap of net device `handle` (its interface was
+    /// deleted): it would report it again at once, so the run must end.
+    HangUp(u64),
 }
 
 impl Poller {
@@ -85,6 +89,9 @@ impl Poller {
             if token == WAKE_TOKEN {
                 // Only a signal writes it, and a signal ends the run: no need to drain it.
                 return Ok(Wait::Interrupted);
+            }
+            if token < 64 && ev.events().intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP) {
+                return Ok(Wait::HangUp(token));
             }
             if token < 64 {
                 ready_set |= 1 << token;

@@ -13,8 +13,9 @@
 //! own copies of the indices it owns, copies each entry out once before looking at it, and checks
 //! every request exactly as the hypercalls do ([`TapIo`], [`BlockIo`]). A buffer outside guest
 //! memory or an index more than a ring ahead ends the run as a guest fault, and a failed host read
-//! or write of a block device ends it as the hypercall's would: the thread records what happened,
-//! stops, and sends SIGUSR1 to the process, which interrupts the vCPU (see `signals`).
+//! or write of a block device, or a tap that went away, ends it as the hypercall's would: the
+//! thread records what happened, stops, and sends SIGUSR1 to the process, which interrupts the
+//! vCPU (see `signals`).
 //!
 //! When the vCPU has stopped, the thread makes one last pass so that frames posted just before
 //! HALT still leave. That pass skips block requests: the guest never saw their commits, so, as
@@ -37,7 +38,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::ioctl::ioctl_with_ref;
 
-use crate::devices::block::{BlockIo, BlockIoError};
+use crate::devices::IoError;
+use crate::devices::block::BlockIo;
 use crate::devices::net::TapIo;
 use crate::memory::{Abi, GuestFault, GuestRam};
 
@@ -60,17 +62,21 @@ pub enum RingError {
     Placement,
 }
 
-/// What made the I/O thread end the run (exit 1): a guest that broke the ring's rules, or a
-/// failed host read or write of a block device.
+/// What made the I/O thread end the run (exit 1): a guest that broke the ring's rules, a
+/// failed host read or write of a block device, or a tap that went away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RingFault {
     #[error("ring: {0}")]
     Access(GuestFault),
     #[error("ring: ent_tail={tail:#x} is more than {NET_RING_ENTRIES} entries ahead of ent_head={head:#x}")]
     Index { head: u32, tail: u32 },
-    /// Not the guest's doing; the run ends as the BLOCK_READ/WRITE hypercall's would.
-    #[error("block device {handle}: {op} failed: {}", crate::devices::block::host_io_error(*errno))]
-    Storage { handle: u32, op: &'static str, errno: i32 },
+    /// Not the guest's doing; the run ends as the hypercall's would.
+    #[error("device {handle}: {op} failed: {}", crate::devices::host_io_error(*errno))]
+    Host { handle: u32, op: &'static str, errno: i32 },
+    /// The thread could not sleep on its kick eventfd (it never fails in practice: the fd is
+    /// blocking and the thread blocks every signal); rather than spin, the run ends.
+    #[error("ring: waiting for the guest's kick failed: {}", std::io::Error::from_raw_os_error(*errno))]
+    Kick { errno: i32 },
 }
 
 /// What the ring's entries for a handle (a manifest index) reach.
@@ -117,7 +123,7 @@ struct Shared {
     ready: AtomicU8,
     stop: AtomicBool,
     stopped: AtomicBool,
-    /// 0: none; 1: read access; 2: write access; 3: index; 4: storage read; 5: storage write.
+    /// 0: none; 1: read access; 2: write access; 3: index; 4: host read; 5: host write; 6: kick.
     /// `fault_a`/`fault_b` are stored first.
     fault_kind: AtomicU8,
     fault_a: AtomicU64,
@@ -132,9 +138,10 @@ impl Shared {
         let (kind, a, b) = match fault {
             RingFault::Access(f) => (if f.write { 2 } else { 1 }, f.gpa, f.len),
             RingFault::Index { head, tail } => (3, u64::from(head), u64::from(tail)),
-            RingFault::Storage { handle, op, errno } => {
+            RingFault::Host { handle, op, errno } => {
                 (if op == "read" { 4 } else { 5 }, u64::from(handle), errno as u32 as u64)
             }
+            RingFault::Kick { errno } => (6, errno as u32 as u64, 0),
         };
         self.fault_a.store(a, Ordering::Relaxed);
         self.fault_b.store(b, Ordering::Relaxed);
@@ -149,8 +156,9 @@ impl Shared {
             3 => Some(RingFault::Index { head: a as u32, tail: b as u32 }),
             4 | 5 => {
                 let op = if kind == 4 { "read" } else { "write" };
-                Some(RingFault::Storage { handle: a as u32, op, errno: b as u32 as i32 })
+                Some(RingFault::Host { handle: a as u32, op, errno: b as u32 as i32 })
             }
+            6 => Some(RingFault::Kick { errno: a as u32 as i32 }),
             _ => None,
         }
     }
@@ -298,9 +306,14 @@ impl Worker<'_> {
         // No spinning before the guest has posted anything: the vCPU thread is still setting
         // up the VM, and on a small host the spinning would slow it down.
         let mut spins = 0;
-        while self.wait_for_work(kick, spins) {
+        loop {
+            let served = match self.wait_for_work(kick, spins) {
+                Ok(true) => self.process(Pass::Serving),
+                Ok(false) => break,
+                Err(fault) => Err(fault),
+            };
             spins = NET_RING_SPIN_ITERS;
-            if let Err(fault) = self.process(Pass::Serving) {
+            if let Err(fault) = served {
                 self.shared.record(fault);
                 // SAFETY: kill(2) of our own process; this thread blocks every signal, so the
                 // vCPU thread takes it, and its handler only records it and stops the vCPU.
@@ -316,30 +329,30 @@ impl Worker<'_> {
     }
 
     /// Spins `spins` times, then asks for a kick and sleeps. False once told to stop.
-    fn wait_for_work(&self, kick: &EventFd, spins: u32) -> bool {
+    fn wait_for_work(&self, kick: &EventFd, spins: u32) -> Result<bool, RingFault> {
         loop {
             for _ in 0..spins {
                 if self.shared.stop.load(Ordering::Acquire) {
-                    return false;
+                    return Ok(false);
                 }
                 if self.pending() {
-                    return true;
+                    return Ok(true);
                 }
                 std::hint::spin_loop();
             }
             if self.shared.stop.load(Ordering::Acquire) {
-                return false;
+                return Ok(false);
             }
             self.store(NET_RING_NEEDS_KICK, 1);
             // Store-load barrier (mfence): pairs with the guest's "store ent_tail; mfence; load
             // needs_kick", so that one side always sees the other's store.
             fence(Ordering::SeqCst);
             if !self.pending() && !self.shared.stop.load(Ordering::Acquire) {
-                let _ = kick.read();
+                kick.read().map_err(|e| RingFault::Kick { errno: e.raw_os_error().unwrap_or(libc::EIO) })?;
             }
             self.store(NET_RING_NEEDS_KICK, 0);
             if self.pending() {
-                return true;
+                return Ok(true);
             }
         }
     }
@@ -376,11 +389,15 @@ impl Worker<'_> {
                 .unwrap_or_default();
             let target = self.targets.get(entry.handle as usize).copied().unwrap_or(Target::None);
             let (data, len) = (entry.data, u64::from(entry.len));
+            let fault = |e| match e {
+                IoError::Guest(fault) => RingFault::Access(fault),
+                IoError::Host { op, errno } => RingFault::Host { handle: entry.handle, op, errno },
+            };
             match (entry.operation, target) {
                 (NET_RING_OP_WRITE, target) => {
                     // Fire and forget: a frame the tap refuses is dropped, as a NIC would.
                     if let Target::Net(tap) = target
-                        && tap.write(self.ram, data, len).map_err(RingFault::Access)? == SOLO5_R_OK
+                        && tap.write(self.ram, data, len).map_err(fault)? == SOLO5_R_OK
                     {
                         self.count(entry.handle, false, len);
                     }
@@ -388,7 +405,7 @@ impl Worker<'_> {
                 }
                 (NET_RING_OP_READ, Target::Net(tap)) => {
                     // The ring answers OK, AGAIN or EINVAL (ABI section 9), never EUNSPEC.
-                    let (ret, got) = match tap.read(self.ram, data, len).map_err(RingFault::Access)? {
+                    let (ret, got) = match tap.read(self.ram, data, len).map_err(fault)? {
                         (SOLO5_R_EUNSPEC, _) => (SOLO5_R_EINVAL, 0),
                         answer => answer,
                     };
@@ -399,10 +416,7 @@ impl Worker<'_> {
                 }
                 (RING_OP_BLOCK_READ | RING_OP_BLOCK_WRITE, Target::Block(block)) => {
                     let read = entry.operation == RING_OP_BLOCK_READ;
-                    let ret = block.request(self.ram, read, entry.offset, data, len).map_err(|e| match e {
-                        BlockIoError::Guest(fault) => RingFault::Access(fault),
-                        BlockIoError::Host { op, errno } => RingFault::Storage { handle: entry.handle, op, errno },
-                    })?;
+                    let ret = block.request(self.ram, read, entry.offset, data, len).map_err(fault)?;
                     self.commit(entry, read, ret, if ret == SOLO5_R_OK { len } else { 0 });
                 }
                 (NET_RING_OP_READ | RING_OP_BLOCK_READ | RING_OP_BLOCK_WRITE, _) => {

@@ -269,10 +269,10 @@ fn bad_block_buffers_and_failed_host_io_are_faults() {
     r.post(0, block_entry(RING_OP_BLOCK_READ, 2, 1536, BUF, 512, 0));
     r.set_tail(1);
     let targets = r.devices(&disk);
-    let eof = RingFault::Storage { handle: 2, op: "read", errno: 0 };
+    let eof = RingFault::Host { handle: 2, op: "read", errno: 0 };
     assert_eq!(r.worker(&targets, 0, 0).process(Pass::Serving), Err(eof));
-    assert_eq!(eof.to_string(), "block device 2: read failed: unexpected end of file");
-    for fault in [eof, RingFault::Storage { handle: 7, op: "write", errno: libc::ENOSPC }] {
+    assert_eq!(eof.to_string(), "device 2: read failed: unexpected end of file");
+    for fault in [eof, RingFault::Host { handle: 7, op: "write", errno: libc::ENOSPC }, RingFault::Kick { errno: 4 }] {
         r.shared.record(fault);
         assert_eq!(r.shared.fault(), Some(fault), "the fault crosses to the vCPU thread intact");
     }
@@ -297,4 +297,35 @@ fn after_the_vcpu_stopped_frames_leave_and_block_requests_are_skipped() {
     let mut frame = [0u8; 100];
     assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60, "the frame left");
     assert_eq!(std::fs::read(&disk.path).unwrap()[..512], [1; 512], "the block write did not happen");
+}
+
+/// A tap whose fd has gone bad (as a deleted interface's does, with EBADFD) ends the run from the
+/// thread, for a frame sent and for a read alike; a frame the tap merely refuses is dropped.
+#[test]
+fn a_tap_that_is_gone_is_a_host_fault() {
+    let r = rig();
+    // Each end of a pipe fails the other direction with EBADF: a tap fd gone bad both ways.
+    let (read_end, write_end) = std::io::pipe().unwrap();
+    for (operation, fd, op) in
+        [(NET_RING_OP_WRITE, read_end.as_raw_fd(), "write"), (NET_RING_OP_READ, write_end.as_raw_fd(), "read")]
+    {
+        r.post(0, entry(operation, 1, BUF, 60, 5));
+        r.set_tail(1);
+        let targets = [Target::None, Target::Net(TapIo::new(fd, 1500))];
+        let fault = RingFault::Host { handle: 1, op, errno: libc::EBADF };
+        assert_eq!(r.worker(&targets, 0, 0).process(Pass::Serving), Err(fault));
+        assert_eq!(r.host_index(NET_RING_COM_TAIL), 0, "no answer to a request that ended the run");
+        r.shared.record(fault);
+        assert_eq!(r.shared.fault(), Some(fault), "the fault crosses to the vCPU thread intact");
+    }
+    // A datagram socket whose peer is gone refuses the frame (ECONNREFUSED): dropped, as a NIC
+    // would, and the ring goes on.
+    let Rig { ram, shared, tap, host_side } = r;
+    drop(host_side);
+    let r = Rig { ram, shared, tap, host_side: UnixDatagram::unbound().unwrap() };
+    r.post(0, entry(NET_RING_OP_WRITE, 1, BUF, 60, 5));
+    r.set_tail(1);
+    let taps = r.taps();
+    r.worker(&taps, 0, 0).process(Pass::Serving).unwrap();
+    assert_eq!(r.host_index(NET_RING_ENT_HEAD), 1);
 }
