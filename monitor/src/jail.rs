@@ -29,7 +29,7 @@ use std::path::Path;
 
 use nix::sched::CloneFlags;
 use nix::sys::resource::{Resource, setrlimit};
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Gid, Uid};
 
 /// Heap growth allowed after the filter is on, over what is mapped then: room for the error
 /// messages of a failing run (the hot path allocates nothing, and the report's buffer is
@@ -47,7 +47,7 @@ pub enum JailError {
     #[error("--user={0}: uid {1} is not in the user database, so it has no primary group; give one (--user={1}:GID)")]
     NoPrimaryGroup(String, u32),
     #[error("--user={0}: cannot read the user database: {1}")]
-    Lookup(String, nix::Error),
+    Lookup(String, std::io::Error),
     #[error("--chroot={dir}: {reason}")]
     ChrootDir { dir: String, reason: String },
     #[error("cannot {step}: {err}")]
@@ -179,17 +179,28 @@ impl Jail {
 }
 
 /// `USER[:GROUP]`, names or numbers, to (uid, gid). Without GROUP, the user's primary group.
+///
+/// Names are looked up in /etc/passwd and /etc/group themselves, not through glibc's NSS: the
+/// static build cannot load NSS modules (getpwnam crashes in it when a name is not in the
+/// files and nsswitch.conf lists another source), and a run must not depend on a directory
+/// service. Numbers need no lookup.
 fn resolve_user(spec: &str) -> Result<(u32, u32), JailError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
     let lookup = |e| JailError::Lookup(spec.to_string(), e);
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(lookup)?;
+    // passwd: name:password:uid:gid:...
+    let entry = |field: usize, value: &str| {
+        let fields = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.get(field) == Some(&value))?;
+        Some((fields.get(2)?.parse::<u32>().ok()?, fields.get(3)?.parse::<u32>().ok()?))
+    };
     let (uid, primary) = match user.parse::<u32>() {
-        Ok(uid) => (uid, User::from_uid(Uid::from_raw(uid)).map_err(lookup)?.map(|u| u.gid.as_raw())),
+        Ok(uid) => (uid, entry(2, user).map(|(_, gid)| gid)),
         Err(_) if user.is_empty() => return Err(JailError::UnknownUser(spec.to_string())),
-        Err(_) => match User::from_name(user).map_err(lookup)? {
-            Some(u) => (u.uid.as_raw(), Some(u.gid.as_raw())),
+        Err(_) => match entry(0, user) {
+            Some((uid, gid)) => (uid, Some(gid)),
             None => return Err(JailError::UnknownUser(spec.to_string())),
         },
     };
@@ -197,10 +208,14 @@ fn resolve_user(spec: &str) -> Result<(u32, u32), JailError> {
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) if g.is_empty() => return Err(JailError::UnknownGroup(spec.to_string())),
-            Err(_) => match Group::from_name(g).map_err(lookup)? {
-                Some(grp) => grp.gid.as_raw(),
-                None => return Err(JailError::UnknownGroup(spec.to_string())),
-            },
+            // group: name:password:gid:members
+            Err(_) => std::fs::read_to_string("/etc/group")
+                .map_err(lookup)?
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.first() == Some(&g))
+                .and_then(|f| f.get(2)?.parse::<u32>().ok())
+                .ok_or_else(|| JailError::UnknownGroup(spec.to_string()))?,
         },
         None => primary.ok_or(JailError::NoPrimaryGroup(spec.to_string(), uid))?,
     };
