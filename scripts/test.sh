@@ -31,6 +31,6 @@ if [ $# -eq 0 ]; then
     cargo build-static -q
     TENDER_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/tender" cargo test --release -p tender-tests \
         --no-fail-fast --test boot --test exit_codes --test block --test network --test services \
-        --test sandbox --test hostile --test host_faults --test report || status=$?
+        --test sandbox --test hostile --test host_faults --test jail --test report || status=$?
 fi
 exit "$status"

@@ -21,7 +21,8 @@ pub enum BootError {
     Memory(#[from] MemoryError),
 }
 
-/// Where the boot-time structures ended up, for the vCPU setup and the boot info.
+/// Where the boot-time structures ended up: the boot info, to be written by [`write_boot_info`]
+/// once the ring's fields are known.
 pub struct BootLayout {
     pub boot_info: BootInfo,
 }
@@ -49,15 +50,14 @@ pub fn guest_cmdline(args: &[String]) -> Result<Vec<u8>, BootError> {
     Ok(joined.into_bytes())
 }
 
-/// Writes page tables, the boot GDT, the boot info, the manifest and the command line.
+/// Writes page tables, the boot GDT, the manifest and the command line; returns the boot info
+/// for [`write_boot_info`], without the ring (`net_ring` and `host_features` zero).
 pub fn write_low_memory(
     ram: &GuestRam,
     kernel: &Kernel,
     manifest: &Manifest,
     cmdline: &[u8],
     tsc_hz: u64,
-    net_ring: u64,
-    host_features: u32,
 ) -> Result<BootLayout, BootError> {
     write_page_tables(ram)?;
     let gdt: Vec<u8> = BOOT_GDT_ENTRIES.iter().flat_map(|d| d.to_le_bytes()).collect();
@@ -76,12 +76,25 @@ pub fn write_low_memory(
         cpu_cycle_freq: tsc_hz,
         cmdline: cmdline_gpa,
         mft: mft_gpa,
-        host_features,
+        host_features: 0,
         guest_features: 0,
-        net_ring,
+        net_ring: 0,
     };
-    ram.write_arg(BOOT_INFO_GPA, boot_info).map_err(|_| MemoryError::Setup(BOOT_INFO_GPA))?;
     Ok(BootLayout { boot_info })
+}
+
+/// Writes the boot info, once the ring's start is known: `net_ring` is its GPA and
+/// `host_features` its feature bits when it runs, both zero when it does not.
+pub fn write_boot_info(
+    ram: &GuestRam,
+    mut boot_info: BootInfo,
+    net_ring: u64,
+    host_features: u32,
+) -> Result<(), BootError> {
+    boot_info.net_ring = net_ring;
+    boot_info.host_features = host_features;
+    ram.write_arg(BOOT_INFO_GPA, boot_info).map_err(|_| MemoryError::Setup(BOOT_INFO_GPA))?;
+    Ok(())
 }
 
 /// Identity map: PML4 -> PDPT -> 4 page directories of 2 MiB pages, except the first 2 MiB,

@@ -12,7 +12,8 @@ use crate::devices::net::{TapSource, parse_mac};
 use crate::sandbox::SeccompMode;
 
 /// Options that take a value, which may be the next argument (`--mem 512`).
-const VALUE_OPTIONS: [&str; 7] = ["--mem", "--net", "--block", "--seccomp", "--dumpcore", "--report", "--timeout"];
+const VALUE_OPTIONS: [&str; 9] =
+    ["--mem", "--net", "--block", "--seccomp", "--dumpcore", "--report", "--timeout", "--user", "--chroot"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,6 +56,18 @@ struct Cli {
     /// Stop the guest after SECONDS (exit status 1)
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     timeout: Option<u64>,
+    /// Before the guest runs, drop to USER and GROUP (names or numbers; default: USER's primary
+    /// group) with no supplementary groups. Needs root
+    #[arg(long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// Before the guest runs, make DIR tender's root (DIR must be owned by root and not writable
+    /// by group or others). Needs root
+    #[arg(long, value_name = "DIR")]
+    chroot: Option<PathBuf>,
+    /// Before the guest runs, move tender into new mount, IPC and UTS namespaces (the network
+    /// namespace, where the taps are, stays). Needs root
+    #[arg(long)]
+    unshare: bool,
     /// Print version and ABI version
     #[arg(long)]
     version: bool,
@@ -64,6 +77,8 @@ struct Cli {
 }
 
 /// What the command line asks for.
+// One per process: boxing the config would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     /// Run `config`; print `warnings` first; write a report to `report` at exit.
@@ -181,6 +196,9 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErr
     config.seccomp = cli.seccomp;
     config.dumpcore = cli.dumpcore;
     config.timeout = cli.timeout;
+    config.user = cli.user;
+    config.chroot = cli.chroot;
+    config.unshare = cli.unshare;
     config.guest_args = guest_args.to_vec();
     if let Some(path) = cli.block {
         config.blocks.push(BlockSpec { name: None, path, block_size: None });
@@ -263,6 +281,9 @@ mod tests {
         let c = run(&["--report", "-x", "--block", "-d", "k.elf"]).unwrap();
         assert_eq!(c.blocks[0].path, PathBuf::from("-d"), "a separate value may start with '-'");
         assert_eq!(run(&["--mem", "-5", "k"]).unwrap_err().0, "Malformed argument to --mem: '-5'");
+        let c = run(&["--user", "nobody:nogroup", "--chroot", "/var/empty", "--unshare", "k"]).unwrap();
+        assert_eq!(c.user.as_deref(), Some("nobody:nogroup"));
+        assert_eq!((c.chroot.as_deref(), c.unshare), (Some(std::path::Path::new("/var/empty")), true));
         let c = run(&["--mem=8", "--", "-k", "x"]).unwrap();
         assert_eq!((c.mem_bytes, c.kernel.to_str().unwrap()), (8 << 20, "-k"));
         assert_eq!(c.guest_args, ["x"]);

@@ -22,6 +22,12 @@ pub struct Config {
     pub dumpcore: Option<PathBuf>,
     /// `--timeout=SECONDS`: end the run after this long.
     pub timeout: Option<u64>,
+    /// `--user=USER[:GROUP]`: the user (and group) tender drops to before the guest runs.
+    pub user: Option<String>,
+    /// `--chroot=DIR`: the directory tender makes its root before the guest runs.
+    pub chroot: Option<PathBuf>,
+    /// `--unshare`: new mount, IPC and UTS namespaces before the guest runs.
+    pub unshare: bool,
 }
 
 impl Config {
@@ -35,6 +41,9 @@ impl Config {
             seccomp: SeccompMode::default(),
             dumpcore: None,
             timeout: None,
+            user: None,
+            chroot: None,
+            unshare: false,
         }
     }
 }

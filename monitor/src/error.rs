@@ -7,6 +7,7 @@ use crate::devices::net::NetError;
 use crate::devices::poll::PollError;
 use crate::dumpcore::DumpError;
 use crate::elf::ElfError;
+use crate::jail::JailError;
 use crate::kvm::KvmError;
 use crate::memory::MemoryError;
 
@@ -33,4 +34,6 @@ pub enum Error {
     Kvm(#[from] KvmError),
     #[error(transparent)]
     DumpCore(#[from] DumpError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
 }

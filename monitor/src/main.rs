@@ -13,8 +13,9 @@ macro_rules! say {
 use std::time::Instant;
 
 use tender::cli::{self, Command};
+use tender::jail::Jail;
 use tender::report::{Ending, ReportFile, Stats};
-use tender::{RunEnd, Vm};
+use tender::{Error, RunEnd, Vm};
 
 fn main() -> ExitCode {
     let started = Instant::now();
@@ -36,7 +37,15 @@ fn main() -> ExitCode {
     for w in warnings {
         say!("tender: warning: {w}");
     }
-    let mut vm = match Vm::new(&config) {
+    // The start, in the order `tender::jail` documents: the jail resolved and checked before
+    // anything is opened, the VM built (everything opened), the VM taken into the jail (the
+    // ring's thread starts inside it), then the filter and the guest (`run`).
+    let exit_files: Vec<i32> = report.iter().map(ReportFile::fd).collect();
+    let setup = Jail::new(config.user.as_deref(), config.chroot.as_deref(), config.unshare)
+        .map_err(Error::from)
+        .and_then(|jail| Ok((jail, Vm::new(&config)?)))
+        .and_then(|(mut jail, mut vm)| vm.confine(&mut jail, &exit_files).map(|()| vm));
+    let mut vm = match setup {
         Ok(vm) => vm,
         Err(e) => {
             let msg = e.to_string();
@@ -50,7 +59,6 @@ fn main() -> ExitCode {
         say!("tender: warning: {w}");
     }
     let setup_warnings = vm.warnings.len();
-    let exit_files: Vec<i32> = report.iter().map(ReportFile::fd).collect();
     let end = vm.run(&exit_files);
     for w in &vm.warnings[setup_warnings..] {
         say!("tender: warning: {w}");

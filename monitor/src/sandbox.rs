@@ -1,7 +1,6 @@
-//! Entering the sandbox just before the guest runs: close every fd the run does not need, set
-//! no-new-privs, install the seccomp allowlist built from the fds that remain.
-
-use std::os::fd::RawFd;
+//! Entering the sandbox just before the guest runs (the last step of the start, after the jail
+//! closed every fd the run does not need): set no-new-privs, install the seccomp allowlist built
+//! from the fds that remain.
 
 use tender_seccomp::{Allowlist, Mode, SandboxError};
 
@@ -26,23 +25,6 @@ impl std::str::FromStr for SeccompMode {
             "off" => Ok(SeccompMode::Off),
             _ => Err(format!("invalid --seccomp value '{s}' (expected on, log or off)")),
         }
-    }
-}
-
-/// Closes every fd except stdin/stdout/stderr and `keep`.
-pub fn close_other_fds(keep: &[RawFd]) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let open: Vec<RawFd> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2 && !keep.contains(&fd))
-        .collect();
-    for fd in open {
-        // SAFETY: the fd is not one of ours (not in `keep`, which lists every fd the VM owns),
-        // so no Rust object will use or close it later. The directory's own fd is among them
-        // and already closed; close then fails harmlessly with EBADF.
-        unsafe { libc::close(fd) };
     }
 }
 

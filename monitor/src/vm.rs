@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use guest_abi::{
-    HALT_COOKIE_MAX, HYPERCALL_PIO_BASE, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, Hypercall,
+    BootInfo, HALT_COOKIE_MAX, HYPERCALL_PIO_BASE, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, Hypercall,
     SOLO5_EXIT_ABORT, SOLO5_R_EINVAL, SOLO5_R_OK, TRAP_REPORT_MAGIC, TrapReport,
 };
 use kvm_ioctls::VcpuExit;
@@ -28,6 +28,7 @@ use crate::elf::Kernel;
 use crate::kvm::Machine;
 
 use crate::error::Error;
+use crate::jail::Jail;
 use crate::memory::GuestRam;
 use crate::outcome::{GuestError, HypercallError, RunEnd, Trap};
 use crate::report::{DeviceStats, Stats};
@@ -51,6 +52,13 @@ pub struct Vm {
     /// The shared ring's I/O thread, when one is running. Before `devices`: it is stopped (on
     /// drop) before the taps and files it uses are closed.
     ring: Option<Ring>,
+    /// Where the ring goes, when the memory layout has room for one; it starts in `confine`.
+    ring_gpa: Option<u64>,
+    /// Written into guest memory by `confine`, once the ring's start is known.
+    boot_info: Option<BootInfo>,
+    /// Files the caller still writes at exit (the report), kept open by the jail and allowed by
+    /// the filter.
+    exit_files: Vec<RawFd>,
     devices: Vec<Device>,
     poller: Poller,
     seccomp: SeccompMode,
@@ -80,7 +88,6 @@ impl Vm {
             }
         }
 
-        let mut warnings = Vec::new();
         let has_net = devices.iter().any(|d| matches!(d, Device::Net(_)));
         let has_block = devices.iter().any(|d| matches!(d, Device::Block(_)));
         let (total, limit) = memory_layout(config.mem_bytes, has_net, has_block);
@@ -91,27 +98,7 @@ impl Vm {
         let mut ram = GuestRam::new(total, limit)?;
         boot::load_kernel(&mut ram, &kernel, &image)?;
         let machine = Machine::new(&ram)?;
-        // After load_kernel: the ring's thread takes a copy of `ram` with its read-only ranges.
-        let ring = if total > limit {
-            let targets = devices
-                .iter()
-                .map(|d| match d {
-                    Device::Net(n) => Target::Net(n.io()),
-                    Device::Block(b) => Target::Block(b.io()),
-                    Device::None => Target::None,
-                })
-                .collect();
-            Ring::start(&machine.vm, &ram, limit, targets)
-                .map_err(|e| warnings.push(format!("I/O ring not available ({e}), using hypercalls")))
-                .ok()
-        } else {
-            None
-        };
-        let (net_ring, features) = match ring {
-            Some(_) => (limit, ring_features(has_net, has_block)),
-            None => (0, 0),
-        };
-        boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz, net_ring, features)?;
+        let layout = boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz)?;
         machine.set_boot_state(kernel.entry, ram.limit())?;
         let core = match &config.dumpcore {
             Some(dir) => Some(CoreDump::arm(dir, ram.limit())?),
@@ -126,14 +113,15 @@ impl Vm {
                     Device::None => DeviceStats::default(),
                 })
                 .collect(),
-            net_ring: features & guest_abi::HVT_FEATURE_RING_IO != 0,
-            block_ring: features & guest_abi::TENDER_FEATURE_BLOCK_RING != 0,
             ..Default::default()
         };
         Ok(Vm {
             machine,
             ram,
-            ring,
+            ring: None,
+            ring_gpa: (total > limit).then_some(limit),
+            boot_info: Some(layout.boot_info),
+            exit_files: Vec::new(),
             devices,
             poller,
             seccomp: config.seccomp,
@@ -141,39 +129,75 @@ impl Vm {
             core,
             started,
             stats,
-            warnings,
+            warnings: Vec::new(),
         })
+    }
+
+    /// Takes the built VM into the jail, in the order `jail` documents: the core dump's link
+    /// helper is forked, the jail entered (every other fd closed, namespaces, chroot, ids), and
+    /// only then the ring's I/O thread started, so that it runs inside every wall; the boot info
+    /// is written once the ring's start is known, and the heap bounded last. `exit_files` are fds
+    /// the caller will still write at exit (the report). Any error stops the start.
+    pub fn confine(&mut self, jail: &mut Jail, exit_files: &[RawFd]) -> Result<(), Error> {
+        let Some(boot_info) = self.boot_info.take() else {
+            return Ok(());
+        };
+        if let Some(core) = self.core.as_mut() {
+            core.start_linker()?;
+        }
+        self.exit_files = exit_files.to_vec();
+        let allow = self.allowlist();
+        let keep: Vec<RawFd> = allow.fds().chain(std::iter::once(self.machine.vm.as_raw_fd())).collect();
+        jail.enter(&keep)?;
+        self.ring = self.ring_gpa.and_then(|gpa| self.start_ring(gpa));
+        let has = |kind: fn(&Device) -> bool| self.devices.iter().any(kind);
+        let (has_net, has_block) = (has(|d| matches!(d, Device::Net(_))), has(|d| matches!(d, Device::Block(_))));
+        let (net_ring, features) = match (&self.ring, self.ring_gpa) {
+            (Some(_), Some(gpa)) => (gpa, ring_features(has_net, has_block)),
+            _ => (0, 0),
+        };
+        boot::write_boot_info(&self.ram, boot_info, net_ring, features)?;
+        self.stats.net_ring = features & guest_abi::HVT_FEATURE_RING_IO != 0;
+        self.stats.block_ring = features & guest_abi::TENDER_FEATURE_BLOCK_RING != 0;
+        jail.bound_heap()?;
+        Ok(())
+    }
+
+    /// Starts the ring's I/O thread at `gpa`; on failure, a warning and the guest uses the
+    /// hypercalls.
+    fn start_ring(&mut self, gpa: u64) -> Option<Ring> {
+        let targets = self
+            .devices
+            .iter()
+            .map(|d| match d {
+                Device::Net(n) => Target::Net(n.io()),
+                Device::Block(b) => Target::Block(b.io()),
+                Device::None => Target::None,
+            })
+            .collect();
+        // The thread takes a copy of `ram` with its read-only ranges (set by `new`).
+        Ring::start(&self.machine.vm, &self.ram, gpa, targets)
+            .map_err(|e| self.warnings.push(format!("I/O ring not available ({e}), using hypercalls")))
+            .ok()
     }
 
     /// Runs the guest until it halts, breaks a rule, or a signal ends the run.
     ///
-    /// Before the first instruction, tender closes every fd it does not need and (unless
-    /// `--seccomp=off`) locks itself into the syscall allowlist. After that the process must not
-    /// free or close anything: callers end the process without dropping the `Vm`.
+    /// Before the first instruction, tender (unless `--seccomp=off`) locks itself into the
+    /// syscall allowlist; a VM not yet confined is first taken through [`Vm::confine`] with an
+    /// empty jail (every other fd is still closed). After that the process must not free or
+    /// close anything: callers end the process without dropping the `Vm`.
     /// `exit_files` are fds the caller will still write at exit (the report).
     pub fn run(&mut self, exit_files: &[RawFd]) -> RunEnd {
+        if let Err(e) = self.confine(&mut Jail::default(), exit_files) {
+            return RunEnd::HostError(e.to_string());
+        }
         let immediate_exit = &mut self.machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
         let wake_fd = self.poller.fds()[2];
         if let Err(e) = signals::install(immediate_exit, wake_fd, self.timeout) {
             return RunEnd::HostError(format!("cannot install signal handlers: {e}"));
         }
-        let mut allow = self.allowlist();
-        allow.exit_file_fds.extend_from_slice(exit_files);
-        let keep: Vec<RawFd> = allow
-            .vcpu_fd
-            .iter()
-            .chain(&allow.tap_fds)
-            .chain(&allow.block_fds)
-            .chain(&allow.exit_file_fds)
-            .chain(&allow.epoll_fd)
-            .chain(&allow.timer_fd)
-            .chain(&allow.ring_kick_fd)
-            .chain(&allow.output_fds)
-            .chain(allow.core_dump.iter().flat_map(|(f, d)| [f, d]))
-            .chain(std::iter::once(&self.machine.vm.as_raw_fd()))
-            .copied()
-            .collect();
-        sandbox::close_other_fds(&keep);
+        let allow = self.allowlist();
         if let Err(e) = sandbox::enter(&allow, self.seccomp) {
             return RunEnd::HostError(format!("{e} (use --seccomp=off to run without it)"));
         }
@@ -218,9 +242,10 @@ impl Vm {
             timer_fd: Some(timer),
             ring_kick_fd: self.ring.as_ref().map(Ring::kick_fd),
             ring_fault_pid: self.ring.as_ref().map(|_| std::process::id()),
+            exit_file_fds: self.exit_files.clone(),
             core_dump: self.core.as_ref().map(|c| {
-                let [file, dir] = c.fds();
-                (file, dir)
+                let [file, link] = c.fds();
+                (file, link)
             }),
             ..Default::default()
         };

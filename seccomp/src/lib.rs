@@ -46,8 +46,9 @@ pub struct Allowlist {
     pub block_fds: Vec<RawFd>,
     /// Files written at exit (report, core dump): `write`, `pwrite64`.
     pub exit_file_fds: Vec<RawFd>,
-    /// A core dump armed with `--dumpcore`: (unnamed file, directory). The file may be written
-    /// and linked into the directory; `mincore` finds the resident guest pages.
+    /// A core dump armed with `--dumpcore`: (unnamed file, socket to its link helper). The file
+    /// may be written; one byte on the socket asks the helper, a separate process, to name it,
+    /// and its answer is read back; `mincore` finds the resident guest pages.
     pub core_dump: Option<(RawFd, RawFd)>,
     /// The poll set: `epoll_wait`/`epoll_pwait`.
     pub epoll_fd: Option<RawFd>,
@@ -76,6 +77,22 @@ fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
 }
 
 impl Allowlist {
+    /// Every fd the allowlist names: the fds a run keeps open.
+    pub fn fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        let core = self.core_dump.iter().flat_map(|&(file, link)| [file, link]);
+        self.vcpu_fd
+            .iter()
+            .chain(&self.output_fds)
+            .chain(&self.tap_fds)
+            .chain(&self.block_fds)
+            .chain(&self.exit_file_fds)
+            .chain(&self.epoll_fd)
+            .chain(&self.timer_fd)
+            .chain(&self.ring_kick_fd)
+            .copied()
+            .chain(core)
+    }
+
     /// The rules, syscall number → alternatives (an empty list allows the call outright).
     pub fn rules(&self) -> BTreeMap<i64, Vec<SeccompRule>> {
         let mut r: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
@@ -93,16 +110,18 @@ impl Allowlist {
                 .collect();
             add(libc::SYS_ioctl, ioctls);
         }
+        let core_link = self.core_dump.map(|(_, link)| link);
         let writable: Vec<RawFd> = self
             .output_fds
             .iter()
             .chain(&self.tap_fds)
             .chain(&self.exit_file_fds)
             .chain(&self.ring_kick_fd)
+            .chain(&core_link)
             .copied()
             .collect();
         add(libc::SYS_write, fds(&writable));
-        let readable: Vec<RawFd> = self.tap_fds.iter().chain(&self.ring_kick_fd).copied().collect();
+        let readable: Vec<RawFd> = self.tap_fds.iter().chain(&self.ring_kick_fd).chain(&core_link).copied().collect();
         add(libc::SYS_read, fds(&readable));
         if let Some(pid) = self.ring_fault_pid {
             let own_usr1 =
@@ -119,12 +138,9 @@ impl Allowlist {
         if let Some(fd) = self.timer_fd {
             add(libc::SYS_timerfd_settime, fds(&[fd]));
         }
-        if let Some((file, dir)) = self.core_dump {
+        // No call that takes a path: the core's name is given by the link helper.
+        if let Some((file, _)) = self.core_dump {
             add(libc::SYS_pwrite64, fds(&[file]));
-            add(
-                libc::SYS_linkat,
-                vec![rule(vec![cond(0, SeccompCmpOp::Eq, file as u64), cond(2, SeccompCmpOp::Eq, dir as u64)])],
-            );
         }
         // Clocks for WALLTIME when the vDSO is unavailable: only the two clocks the ABI uses.
         add(
@@ -134,10 +150,12 @@ impl Allowlist {
                 rule(vec![cond(0, SeccompCmpOp::Eq, libc::CLOCK_MONOTONIC as u64)]),
             ],
         );
-        // The end of the run, signal delivery (SIGINT/SIGTERM/SIGALRM/SIGUSR1 handlers return through
+        // The end of the run (the process ends with `_exit`, which is exit_group; no thread ever
+        // exits alone), signal delivery (SIGINT/SIGTERM/SIGALRM/SIGUSR1 handlers return through
         // rt_sigreturn), and brk: the only way the allocator may grow the heap, for the error
-        // messages of a failing run (the hot path allocates nothing; mmap stays forbidden).
-        for nr in [libc::SYS_exit_group, libc::SYS_exit, libc::SYS_rt_sigreturn, libc::SYS_brk] {
+        // messages of a failing run (the hot path allocates nothing; mmap stays forbidden), up to
+        // the RLIMIT_DATA the monitor sets before the filter.
+        for nr in [libc::SYS_exit_group, libc::SYS_rt_sigreturn, libc::SYS_brk] {
             r.insert(nr, Vec::new());
         }
         if self.core_dump.is_some() {
