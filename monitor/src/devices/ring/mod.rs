@@ -47,8 +47,10 @@ use crate::memory::{Abi, GuestFault, GuestRam};
 // with length 0 (any width); the ABI asks for a 4-byte PIO kick, as solo5-hvt registers it.
 vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 
-/// How long the vCPU thread waits for the I/O thread to finish the guest's last writes.
-const STOP_GRACE: Duration = Duration::from_millis(200);
+/// How long the vCPU thread waits for the I/O thread to finish the guest's last writes. The
+/// thread normally stops within microseconds; on a loaded host (more busy VMs than cores) it may
+/// first wait for a CPU for several scheduler slices, and 200 ms proved too short there.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RingError {
