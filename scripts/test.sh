@@ -2,7 +2,8 @@
 # Runs every test of the project: installs the host tools the tests use (if missing), then
 # builds the monitor and all guests and runs the whole suite against real KVM, real taps in
 # throw-away network namespaces, and real files; then the end-to-end suites once more against
-# the statically linked tender, and the suites that run guests again with --mode=process. With arguments, only `cargo test` with those arguments.
+# the statically linked tender, and the suites that run guests again with --mode=process. With
+# arguments, only `cargo test` with those arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,6 @@ if [ $# -eq 0 ]; then
     # The suites that run guests, once more with --mode=process (docs/PROCESS_MODE.md): the same
     # guests as a seccomp-jailed process, without KVM.
     TENDER_MODE=process cargo test --release -p tender-tests --no-fail-fast --test boot --test exit_codes \
-        --test process || status=$?
+        || status=$?
 fi
 exit "$status"

@@ -18,7 +18,7 @@ const VALUE_OPTIONS: [&str; 10] =
 #[derive(Parser, Debug)]
 #[command(
     name = "tender",
-    about = "Run a Solo5 hvt unikernel in a KVM virtual machine.",
+    about = "Run a Solo5 hvt unikernel in a KVM virtual machine (or, with --mode=process, as a process).",
     override_usage = "tender [OPTIONS] [--] KERNEL [ARGS...]",
     disable_version_flag = true,
     after_help = "Device options (NAME is a device the unikernel declares in its manifest):
@@ -32,7 +32,8 @@ Everything after KERNEL is passed to the guest as its command line.
 Exit status: the guest's status when it exits (255 when it aborts or faults); 1 when tender
 reports an error (a host fault during the run too: a block file that fails, a tap that goes
 away, a closed stdout), the guest breaks the ABI, or tender is stopped by SIGINT, SIGTERM or
-SIGUSR1."
+SIGUSR1. Killed by SIGSYS (159): a system call outside the sandbox (with --mode=process, also the
+guest's own). With --mode=process the guest can forge the exit status and the report."
 )]
 struct Cli {
     /// What runs the guest: kvm (a KVM virtual machine, the default) or process (tender's own
