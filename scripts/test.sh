@@ -35,7 +35,7 @@ if [ $# -eq 0 ]; then
         --test sandbox --test hostile --test host_faults --test jail --test report || status=$?
     # The suites that run guests, once more with --mode=process (docs/PROCESS_MODE.md): the same
     # guests as a seccomp-jailed process, without KVM.
-    TENDER_MODE=process cargo test --release -p tender-tests --no-fail-fast --test boot --test exit_codes \
+    TENDER_MODE=process cargo test --release -p tender-tests --no-fail-fast --test boot --test exit_codes --test block \
         || status=$?
 fi
 exit "$status"
