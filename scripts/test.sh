@@ -36,6 +36,7 @@ if [ $# -eq 0 ]; then
     # The suites that run guests, once more with --mode=process (docs/PROCESS_MODE.md): the same
     # guests as a seccomp-jailed process, without KVM.
     TENDER_MODE=process cargo test --release -p tender-tests --no-fail-fast --test boot --test exit_codes --test block \
+        --test network \
         || status=$?
 fi
 exit "$status"
