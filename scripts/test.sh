@@ -2,7 +2,8 @@
 # Runs every test of the project: installs the host tools the tests use (if missing), then
 # builds the monitor and all guests and runs the whole suite against real KVM, real taps in
 # throw-away network namespaces, and real files; then the end-to-end suites once more against
-# the statically linked tender. With arguments, only `cargo test` with those arguments.
+# the statically linked tender, and the suites that run guests again with --mode=process. With
+# arguments, only `cargo test` with those arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,5 +33,10 @@ if [ $# -eq 0 ]; then
     TENDER_BIN="$PWD/target/x86_64-unknown-linux-gnu/release/tender" cargo test --release -p tender-tests \
         --no-fail-fast --test boot --test exit_codes --test block --test network --test services \
         --test sandbox --test hostile --test host_faults --test jail --test report || status=$?
+    # The suites that run guests, once more with --mode=process (docs/PROCESS_MODE.md): the same
+    # guests as a seccomp-jailed process, without KVM.
+    TENDER_MODE=process cargo test --release -p tender-tests --no-fail-fast --test boot --test exit_codes --test block \
+        --test network \
+        || status=$?
 fi
 exit "$status"

@@ -101,7 +101,7 @@ fn manifest_parser_never_panics() {
 #[test]
 fn guest_pointer_checks_match_the_abi_rule() {
     let mut ram = GuestRam::new(MEM, MEM).unwrap();
-    ram.protect_read_only(0x10_0000, 0x10_3000).unwrap();
+    ram.protect_read_only(0x10_0000, 0x10_3000, false).unwrap();
     let near = |x: u64| prop_oneof![Just(x), x.saturating_sub(64)..x.saturating_add(64)];
     let value =
         prop_oneof![any::<u64>(), near(0), near(MEM), near(1 << 32), near(u64::MAX), near(0x10_0000), near(0x10_3000)];

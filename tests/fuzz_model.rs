@@ -407,6 +407,7 @@ fn build(spec: &ElfSpec) -> Built {
             start: l.vaddr & !(l.align - 1),
             end: align_up(l.vaddr + l.memsz, l.align),
             writable: l.flags & PF_W != 0,
+            executable: l.flags & PF_X != 0,
         });
     }
 
@@ -582,6 +583,7 @@ fn model_kernel(image: &[u8], mem: u64) -> Option<ModelKernel> {
             start: start as u64,
             end: end as u64,
             writable: ph.flags & PF_W != 0,
+            executable: ph.flags & PF_X != 0,
         });
         (prev_vaddr, prev_end) = (vaddr, end);
     }
@@ -917,7 +919,7 @@ fn valid_images_are_accepted_and_round_trip() {
         let mem = spec.mem_size;
         if mem % MEM_ALIGN == 0 && mem <= 64 << 20 {
             let mut ram = GuestRam::new(mem, mem).expect("guest RAM");
-            tender::boot::load_kernel(&mut ram, &k, &built.image).expect("load");
+            tender::boot::load_kernel(&mut ram, &k, &built.image, false).expect("load");
             for (s, l) in k.segments.iter().zip(&spec.loads) {
                 if let Ok(view) = ram.slice(s.vaddr, s.file_size as u64) {
                     let mut bytes = vec![0u8; s.file_size];
@@ -1302,7 +1304,7 @@ fn guest_ram_checks_match_the_abi_rule() {
         for (page, pages) in raw_ranges {
             let start = (page * PAGE) % limit.min(total);
             let end = (start + pages * PAGE).min(limit.min(total));
-            ram.protect_read_only(start, end).expect("protect");
+            ram.protect_read_only(start, end, false).expect("protect");
             if start < end {
                 ranges.push((start, end));
             }
@@ -1322,7 +1324,7 @@ fn guest_ram_checks_at_4_gib() {
     let mut ram = GuestRam::new(MEM_MAX, MEM_MAX).expect("4 GiB of guest RAM (lazily mapped)");
     let ranges = [(0x10_0000, 0x10_3000), (MEM_MAX - 3 * PAGE, MEM_MAX - 2 * PAGE), (MEM_MAX - PAGE, MEM_MAX)];
     for (s, e) in ranges {
-        ram.protect_read_only(s, e).expect("protect");
+        ram.protect_read_only(s, e, false).expect("protect");
     }
     fuzz("guest_ram_4gib", 20_000, (pick_strategy(), pick_strategy()), |(g, l)| {
         let gpa = gpa_of(g, MEM_MAX, MEM_MAX, &ranges);

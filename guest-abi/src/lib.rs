@@ -215,6 +215,10 @@ pub const HVT_FEATURE_RING_IO: u32 = 1 << 0;
 /// also carries block requests ([`RING_OP_BLOCK_WRITE`], [`RING_OP_BLOCK_READ`]). The highest
 /// bit, to stay clear of bits Solo5 may add.
 pub const TENDER_FEATURE_BLOCK_RING: u32 = 1 << 31;
+/// `host_features` bit, a tender extension: the guest runs as a process (`--mode=process`), at
+/// CPL 3 from its first instruction, with no page tables, GDT or IDT of its own to build. guest-rt's
+/// `_start` then jumps straight to its Rust start.
+pub const TENDER_FEATURE_PROCESS: u32 = 1 << 30;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -25,7 +25,7 @@ pub(crate) fn boot_info() -> &'static BootInfo {
 mod entry {
     use core::mem::offset_of;
 
-    use guest_abi::{BootInfo, MEM_ALIGN, NET_RING_AREA_SIZE, PTE_USER, X86_RFLAGS_INIT};
+    use guest_abi::{BootInfo, MEM_ALIGN, NET_RING_AREA_SIZE, PTE_USER, TENDER_FEATURE_PROCESS, X86_RFLAGS_INIT};
 
     use crate::cpu;
 
@@ -44,12 +44,16 @@ mod entry {
     }
 
     // RDI = boot info, RSP = mem_size - 8, CS = 0x08 (which our GDT keeps), interrupts off.
+    // Under tender's process mode the guest is at CPL 3 already, with nothing to build: straight
+    // to `rt_start`, on the same stack and with the same alignment as after the `iretq`.
     core::arch::global_asm!(
         r#"
         .pushsection .text.guest_rt.start, "ax", @progbits
         .globl _start
         .type _start, @function
 _start:
+        testl ${process}, {host_features}(%rdi)
+        jnz {rt_start}
         mov %rdi, %rbx
         mov %rsp, %rbp
 
@@ -114,6 +118,8 @@ __guest_rt_idtr:
         .popsection
         "#,
         mem_size = const offset_of!(BootInfo, mem_size),
+        host_features = const offset_of!(BootInfo, host_features),
+        process = const TENDER_FEATURE_PROCESS,
         net_ring = const offset_of!(BootInfo, net_ring),
         ring_size = const NET_RING_AREA_SIZE,
         pd_entries = const cpu::PD_ENTRIES,

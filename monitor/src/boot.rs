@@ -27,8 +27,9 @@ pub struct BootLayout {
     pub boot_info: BootInfo,
 }
 
-/// Copies the kernel image in and protects its read-only segments on the host.
-pub fn load_kernel(ram: &mut GuestRam, kernel: &Kernel, image: &[u8]) -> Result<(), MemoryError> {
+/// Copies the kernel image in and protects its read-only segments on the host; with `exec`
+/// (process mode, where the guest runs from this mapping) its text becomes executable.
+pub fn load_kernel(ram: &mut GuestRam, kernel: &Kernel, image: &[u8], exec: bool) -> Result<(), MemoryError> {
     for seg in &kernel.segments {
         // Bounds were checked by the ELF validation; `get` keeps this panic-free regardless.
         let bytes = image.get(seg.file_offset..seg.file_offset + seg.file_size).ok_or(MemoryError::Setup(seg.vaddr))?;
@@ -36,7 +37,7 @@ pub fn load_kernel(ram: &mut GuestRam, kernel: &Kernel, image: &[u8]) -> Result<
         ram.write_setup(seg.vaddr, bytes)?;
     }
     for seg in kernel.segments.iter().filter(|s| !s.writable) {
-        ram.protect_read_only(seg.start, seg.end)?;
+        ram.protect_read_only(seg.start, seg.end, exec && seg.executable)?;
     }
     Ok(())
 }
@@ -50,8 +51,9 @@ pub fn guest_cmdline(args: &[String]) -> Result<Vec<u8>, BootError> {
     Ok(joined.into_bytes())
 }
 
-/// Writes page tables, the boot GDT, the manifest and the command line; returns the boot info
-/// for [`write_boot_info`], without the ring (`net_ring` and `host_features` zero).
+/// Writes page tables and the boot GDT (for a VM: a process-mode guest has neither, and no
+/// memory below the boot info), the manifest and the command line; returns the boot info for
+/// [`write_boot_info`], without the ring (`net_ring` and `host_features` zero).
 pub fn write_low_memory(
     ram: &GuestRam,
     kernel: &Kernel,
@@ -59,9 +61,11 @@ pub fn write_low_memory(
     cmdline: &[u8],
     tsc_hz: u64,
 ) -> Result<BootLayout, BootError> {
-    write_page_tables(ram)?;
-    let gdt: Vec<u8> = BOOT_GDT_ENTRIES.iter().flat_map(|d| d.to_le_bytes()).collect();
-    ram.write_setup(BOOT_GDT_GPA, &gdt)?;
+    if ram.base() == 0 {
+        write_page_tables(ram)?;
+        let gdt: Vec<u8> = BOOT_GDT_ENTRIES.iter().flat_map(|d| d.to_le_bytes()).collect();
+        ram.write_setup(BOOT_GDT_GPA, &gdt)?;
+    }
 
     let mft_gpa = BOOT_INFO_GPA + size_of::<BootInfo>() as u64;
     let mft = manifest.to_guest_bytes();

@@ -7,18 +7,18 @@ use std::path::PathBuf;
 use clap::Parser;
 use guest_abi::{ABI_VERSION, MFT_NAME_MAX};
 
-use crate::config::{BlockSpec, Config, NetSpec, parse_mem_mib};
+use crate::config::{BlockSpec, Config, Mode, NetSpec, parse_mem_mib};
 use crate::devices::net::{TapSource, parse_mac};
 use crate::sandbox::SeccompMode;
 
 /// Options that take a value, which may be the next argument (`--mem 512`).
-const VALUE_OPTIONS: [&str; 9] =
-    ["--mem", "--net", "--block", "--seccomp", "--dumpcore", "--report", "--timeout", "--user", "--chroot"];
+const VALUE_OPTIONS: [&str; 10] =
+    ["--mode", "--mem", "--net", "--block", "--seccomp", "--dumpcore", "--report", "--timeout", "--user", "--chroot"];
 
 #[derive(Parser, Debug)]
 #[command(
     name = "tender",
-    about = "Run a Solo5 hvt unikernel in a KVM virtual machine.",
+    about = "Run a Solo5 hvt unikernel in a KVM virtual machine (or, with --mode=process, as a process).",
     override_usage = "tender [OPTIONS] [--] KERNEL [ARGS...]",
     disable_version_flag = true,
     after_help = "Device options (NAME is a device the unikernel declares in its manifest):
@@ -32,9 +32,14 @@ Everything after KERNEL is passed to the guest as its command line.
 Exit status: the guest's status when it exits (255 when it aborts or faults); 1 when tender
 reports an error (a host fault during the run too: a block file that fails, a tap that goes
 away, a closed stdout), the guest breaks the ABI, or tender is stopped by SIGINT, SIGTERM or
-SIGUSR1."
+SIGUSR1. Killed by SIGSYS (159): a system call outside the sandbox (with --mode=process, also the
+guest's own). With --mode=process the guest can forge the exit status and the report."
 )]
 struct Cli {
+    /// What runs the guest: kvm (a KVM virtual machine, the default) or process (tender's own
+    /// process, without /dev/kvm; a weaker wall: see docs/PROCESS_MODE.md)
+    #[arg(long, value_name = "kvm|process", default_value = "kvm")]
+    mode: Mode,
     /// Guest memory in MiB (rounded down to 2 MiB; 2 to 4096)
     #[arg(long, value_name = "MB", default_value_t = guest_abi::MEM_DEFAULT_MIB.to_string())]
     mem: String,
@@ -193,6 +198,10 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErr
         warnings.push(format!("adjusting memory to {mem} bytes"));
     }
     config.mem_bytes = mem;
+    config.mode = cli.mode;
+    if cli.mode == Mode::Process && cli.dumpcore.is_some() {
+        return Err(CliError("--dumpcore is not available with --mode=process yet".into()));
+    }
     config.seccomp = cli.seccomp;
     config.dumpcore = cli.dumpcore;
     config.timeout = cli.timeout;
@@ -284,6 +293,9 @@ mod tests {
         let c = run(&["--user", "nobody:nogroup", "--chroot", "/var/empty", "--unshare", "k"]).unwrap();
         assert_eq!(c.user.as_deref(), Some("nobody:nogroup"));
         assert_eq!((c.chroot.as_deref(), c.unshare), (Some(std::path::Path::new("/var/empty")), true));
+        assert_eq!(run(&["k"]).unwrap().mode, Mode::Kvm, "KVM unless asked");
+        assert_eq!(run(&["--mode", "process", "k"]).unwrap().mode, Mode::Process);
+        assert_eq!(run(&["--mode=kvm", "k"]).unwrap().mode, Mode::Kvm);
         let c = run(&["--mem=8", "--", "-k", "x"]).unwrap();
         assert_eq!((c.mem_bytes, c.kernel.to_str().unwrap()), (8 << 20, "-k"));
         assert_eq!(c.guest_args, ["x"]);
@@ -310,6 +322,8 @@ mod tests {
             (&["--foo", "k"][..], "unexpected argument '--foo'"),
             (&[][..], "Missing KERNEL"),
             (&["--mem=0", "k"][..], "below the minimum"),
+            (&["--mode=qemu", "k"][..], "invalid --mode value 'qemu' (expected kvm or process)"),
+            (&["--mode=process", "--dumpcore=/tmp", "k"][..], "not available with --mode=process"),
             (&["--mem=abc", "k"][..], "Malformed argument to --mem"),
             (&["--block:bad-name=/x", "k"][..], "Invalid option"),
             (&["--block:d", "k"][..], "Invalid option"),

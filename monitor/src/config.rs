@@ -8,9 +8,31 @@ use guest_abi::{MEM_ALIGN, MEM_DEFAULT_MIB, MEM_MAX, MEM_MIN};
 use crate::devices::net::TapSource;
 use crate::sandbox::SeccompMode;
 
+/// `--mode=kvm|process`: what runs the guest's instructions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// A KVM virtual machine (the default, and the stronger wall).
+    #[default]
+    Kvm,
+    /// tender's own process, behind the seccomp filter and the jail only (docs/PROCESS_MODE.md).
+    Process,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "kvm" => Ok(Mode::Kvm),
+            "process" => Ok(Mode::Process),
+            _ => Err(format!("invalid --mode value '{s}' (expected kvm or process)")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub kernel: PathBuf,
+    pub mode: Mode,
     /// Guest memory in bytes: a multiple of 2 MiB, 2 MiB to 4 GiB.
     pub mem_bytes: u64,
     /// Guest arguments, joined with spaces into the guest command line.
@@ -34,6 +56,7 @@ impl Config {
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         Config {
             kernel: kernel.into(),
+            mode: Mode::Kvm,
             mem_bytes: MEM_DEFAULT_MIB << 20,
             guest_args: Vec::new(),
             blocks: Vec::new(),

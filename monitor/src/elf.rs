@@ -47,6 +47,8 @@ pub struct Segment {
     pub start: u64,
     pub end: u64,
     pub writable: bool,
+    /// PF_X: mapped executable in process mode (never together with `writable`).
+    pub executable: bool,
 }
 
 /// A validated unikernel: entry point, segments and manifest.
@@ -225,6 +227,7 @@ fn check_segments(image: &[u8], phdrs: &[ProgramHeader], mem_size: u64) -> Resul
             start,
             end,
             writable: ph.p_flags & PF_W != 0,
+            executable: ph.p_flags & PF_X != 0,
         });
         prev_vaddr = vaddr;
         prev_end = end;

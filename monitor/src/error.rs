@@ -10,6 +10,7 @@ use crate::elf::ElfError;
 use crate::jail::JailError;
 use crate::kvm::KvmError;
 use crate::memory::MemoryError;
+use crate::process::ProcessError;
 
 /// Everything that can stop a run before the guest starts. Each is one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -36,4 +37,6 @@ pub enum Error {
     DumpCore(#[from] DumpError),
     #[error(transparent)]
     Jail(#[from] JailError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
 }

@@ -82,7 +82,7 @@ fn main() -> ExitCode {
         say!("tender: {msg}");
     }
     if let Some(r) = report.as_mut()
-        && let Err(e) = r.write(&Ending::Run(&end), started.elapsed(), &vm.stats)
+        && let Err(e) = r.write(&Ending::Run(&end), started.elapsed(), vm.stats())
     {
         say!("tender: cannot write the report: {e}");
     }

@@ -11,7 +11,8 @@ use guest_abi::{
     BootInfo, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, NetRingCommit, NetRingEntry, TrapFrame, TrapReport,
 };
 use vm_memory::{
-    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, VolatileSlice,
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MmapRegion, VolatileSlice,
 };
 
 /// A guest request that breaks the ABI's memory rules. Ends the run (exit 1).
@@ -40,6 +41,8 @@ impl fmt::Display for GuestFault {
 pub enum MemoryError {
     #[error("cannot allocate {0} bytes of guest memory: {1}")]
     Allocate(u64, String),
+    #[error("cannot map guest memory at {0:#x}: {1}")]
+    Place(u64, std::io::Error),
     #[error("cannot write-protect guest memory: {0}")]
     Protect(std::io::Error),
     #[error("cannot write guest memory at {0:#x}")]
@@ -76,11 +79,13 @@ abi_pod!(
     NetRingCommit
 );
 
-/// Guest RAM: one anonymous, zero-filled mapping at GPA 0. A clone shares the same mapping (the
-/// ring's I/O thread holds one).
+/// Guest RAM: one anonymous, zero-filled mapping, at GPA 0 for a VM, or at host address `base`
+/// (= its GPA) in process mode. A clone shares the same mapping (the ring's I/O thread holds one).
 #[derive(Clone)]
 pub struct GuestRam {
     mem: GuestMemoryMmap,
+    /// Lowest guest address: 0 for a VM, the mapping's start in process mode.
+    base: u64,
     /// Guest-visible size (boot info `mem_size`): the limit for every guest pointer.
     limit: u64,
     /// Host-read-only ranges `[start, end)`, sorted, from the ELF's non-writable segments.
@@ -93,11 +98,44 @@ impl GuestRam {
         let size = usize::try_from(total).map_err(|_| MemoryError::Allocate(total, "too large".into()))?;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
             .map_err(|e| MemoryError::Allocate(total, e.to_string()))?;
-        Ok(GuestRam { mem, limit, read_only: Vec::new() })
+        Ok(GuestRam { mem, base: 0, limit, read_only: Vec::new() })
+    }
+
+    /// Process mode: maps `[base, total)` at the same host addresses (`MAP_FIXED_NOREPLACE`:
+    /// never over anything already mapped), read and write, so that a guest address is the host
+    /// address. Nothing below `base` is guest memory.
+    pub fn new_at(base: u64, total: u64, limit: u64) -> Result<Self, MemoryError> {
+        let too_large = || MemoryError::Allocate(total, "too large".into());
+        let size = total.checked_sub(base).and_then(|s| usize::try_from(s).ok()).ok_or_else(too_large)?;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        // SAFETY: a new anonymous mapping at a fixed address that the kernel refuses to place over
+        // an existing one (MAP_FIXED_NOREPLACE), so no memory of ours is replaced.
+        let addr = unsafe { libc::mmap(base as *mut libc::c_void, size, prot, flags, -1, 0) };
+        if addr == libc::MAP_FAILED {
+            return Err(MemoryError::Place(base, std::io::Error::last_os_error()));
+        }
+        if addr as u64 != base {
+            // Kernels before 4.17 ignore the flag and may place the mapping elsewhere.
+            return Err(MemoryError::Place(base, std::io::Error::from_raw_os_error(libc::EEXIST)));
+        }
+        let alloc = |e: String| MemoryError::Allocate(total, e);
+        // SAFETY: `addr..addr+size` is the mapping just made, with these protections and flags;
+        // it is never unmapped (the process ends with `_exit`).
+        let region =
+            unsafe { MmapRegion::build_raw(addr.cast(), size, prot, flags) }.map_err(|e| alloc(e.to_string()))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(base)).ok_or_else(too_large)?;
+        let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|e| alloc(e.to_string()))?;
+        Ok(GuestRam { mem, base, limit, read_only: Vec::new() })
     }
 
     pub fn inner(&self) -> &GuestMemoryMmap {
         &self.mem
+    }
+
+    /// Lowest guest address (0 for a VM).
+    pub fn base(&self) -> u64 {
+        self.base
     }
 
     /// Guest-visible memory size.
@@ -105,15 +143,15 @@ impl GuestRam {
         self.limit
     }
 
-    /// Size of the whole mapping, including device areas above the guest-visible size.
+    /// End of the whole mapping, including device areas above the guest-visible size.
     pub fn total(&self) -> u64 {
-        self.mem.iter().map(|r| r.len()).sum()
+        self.base + self.mem.iter().map(|r| r.len()).sum::<u64>()
     }
 
     /// Host address of the mapping's start (for KVM_SET_USER_MEMORY_REGION).
     pub fn host_base(&self) -> *mut u8 {
-        // GPA 0 always exists: the mapping starts there.
-        self.mem.get_host_address(GuestAddress(0)).unwrap_or(std::ptr::null_mut())
+        // The lowest guest address always exists: the mapping starts there.
+        self.mem.get_host_address(GuestAddress(self.base)).unwrap_or(std::ptr::null_mut())
     }
 
     /// Setup-time write (loader, boot info); not for guest-supplied addresses.
@@ -121,20 +159,22 @@ impl GuestRam {
         self.mem.write_slice(data, GuestAddress(gpa)).map_err(|_| MemoryError::Setup(gpa))
     }
 
-    /// Makes `[start, end)` read-only on the host and remembers it, so that no out-parameter is
-    /// ever written there. `start` and `end` are page aligned and inside the mapping.
-    pub fn protect_read_only(&mut self, start: u64, end: u64) -> Result<(), MemoryError> {
+    /// Makes `[start, end)` read-only on the host (and executable, for the text of a process-mode
+    /// guest) and remembers it, so that no out-parameter is ever written there. `start` and `end`
+    /// are page aligned and inside the mapping.
+    pub fn protect_read_only(&mut self, start: u64, end: u64, exec: bool) -> Result<(), MemoryError> {
         if start >= end {
             return Ok(());
         }
         let len = usize::try_from(end - start).map_err(|_| MemoryError::Setup(start))?;
         let slice = self.mem.get_slice(GuestAddress(start), len).map_err(|_| MemoryError::Setup(start))?;
         let ptr = slice.ptr_guard_mut().as_ptr();
+        let prot = if exec { libc::PROT_READ | libc::PROT_EXEC } else { libc::PROT_READ };
         // SAFETY: `ptr..ptr+len` is a page-aligned part of our own guest mapping (vm-memory
         // checked the range); making it read-only cannot invalidate any Rust reference because
         // the tender never holds references into guest memory, and every later host write goes
         // through `check_write`, which refuses this range.
-        let rc = unsafe { libc::mprotect(ptr.cast(), len, libc::PROT_READ) };
+        let rc = unsafe { libc::mprotect(ptr.cast(), len, prot) };
         if rc != 0 {
             return Err(MemoryError::Protect(std::io::Error::last_os_error()));
         }
@@ -143,10 +183,11 @@ impl GuestRam {
         Ok(())
     }
 
-    /// The ABI's range rule for a guest pointer: strictly inside guest-visible memory.
+    /// The ABI's range rule for a guest pointer: strictly inside guest-visible memory, and not
+    /// below its lowest address (process mode has nothing mapped below 0x10000).
     pub fn check(&self, gpa: u64, len: u64) -> Result<(), GuestFault> {
         match gpa.checked_add(len) {
-            Some(end) if gpa < self.limit && end < self.limit => Ok(()),
+            Some(end) if gpa >= self.base && gpa < self.limit && end < self.limit => Ok(()),
             _ => Err(GuestFault { gpa, len, write: false }),
         }
     }
@@ -180,6 +221,19 @@ impl GuestRam {
         let len = size_of::<T>() as u64;
         self.check_write(gpa, len)?;
         self.mem.write_obj(Abi(val), GuestAddress(gpa)).map_err(|_| GuestFault { gpa, len, write: true })
+    }
+
+    /// Up to `buf.len()` bytes at `gpa`, for the trap handler to decode the instruction at a
+    /// guest's RIP: fewer at the end of the mapping, none outside it. Returns how many.
+    pub fn read_code(&self, gpa: u64, buf: &mut [u8]) -> usize {
+        let Some(left) = self.total().checked_sub(gpa).filter(|_| gpa >= self.base) else {
+            return 0;
+        };
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        match self.mem.read_slice(&mut buf[..n], GuestAddress(gpa)) {
+            Ok(()) => n,
+            Err(_) => 0,
+        }
     }
 
     /// A checked view of a guest buffer that the host will read.
@@ -224,7 +278,7 @@ mod tests {
     #[test]
     fn out_params_never_reach_read_only_memory() {
         let mut r = ram();
-        r.protect_read_only(0x10_0000, 0x10_2000).unwrap();
+        r.protect_read_only(0x10_0000, 0x10_2000, false).unwrap();
         assert!(r.write_arg(0x10_1000, HcWalltime { nsecs: 1 }).is_err());
         assert!(r.write_arg(0x10_0ffc, HcWalltime { nsecs: 1 }).is_err(), "straddling");
         assert!(r.slice_mut(0x10_1fff, 1).is_err());
@@ -234,5 +288,23 @@ mod tests {
         assert!(r.check_write(0x10_1000, 0).is_err(), "an empty write inside is still refused");
         r.write_arg(0x20_0000, HcWalltime { nsecs: 7 }).unwrap();
         assert_eq!(r.read_arg::<HcWalltime>(0x20_0000).unwrap().nsecs, 7);
+    }
+
+    /// Process mode: the mapping sits at its guest addresses, and nothing below its base is guest
+    /// memory (the pointer rule refuses it rather than letting vm-memory fail or the host fault).
+    #[test]
+    fn process_mode_memory_starts_at_its_base() {
+        // A base far from anything of the test process's, so that MAP_FIXED_NOREPLACE succeeds.
+        let base = 0x3_0000_0000;
+        let r = GuestRam::new_at(base, base + (4 << 20), base + (2 << 20)).unwrap();
+        assert_eq!((r.base(), r.total(), r.host_base() as u64), (base, base + (4 << 20), base));
+        assert!(r.check(0, 0).is_err(), "page 0 is not guest memory");
+        assert!(r.check(base - 8, 16).is_err(), "straddling the base");
+        assert!(r.check(base, 8).is_ok());
+        r.write_arg(base + 0x1000, HcWalltime { nsecs: 9 }).unwrap();
+        // SAFETY: reads the u64 just written through the checked path, at its host address.
+        assert_eq!(unsafe { ((base + 0x1000) as *const u64).read() }, 9);
+        let err = GuestRam::new_at(base, base + (4 << 20), base + (2 << 20)).err().unwrap();
+        assert!(err.to_string().starts_with("cannot map guest memory at 0x300000000: "), "{err}");
     }
 }

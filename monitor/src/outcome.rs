@@ -40,6 +40,15 @@ impl RunEnd {
             _ => 1,
         }
     }
+
+    /// The end of a run stopped by `sig`: SIGALRM is `--timeout` (when one was given). A SIGUSR1
+    /// from the ring's thread becomes its fault in `Vm::run`.
+    pub fn from_signal(sig: i32, timeout: Option<u64>) -> Self {
+        match (sig, timeout) {
+            (libc::SIGALRM, Some(secs)) => RunEnd::Timeout(secs),
+            _ => RunEnd::Signal(sig),
+        }
+    }
 }
 
 /// Guest behaviour that ends the run (exit 1).

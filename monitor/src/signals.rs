@@ -15,6 +15,12 @@ static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(sig: libc::c_int) {
+    note(sig);
+}
+
+/// What every handler of these signals does, in both modes: records `sig`, wakes a POLL in
+/// progress, and stops a vCPU about to enter the guest. Async-signal-safe.
+pub fn note(sig: libc::c_int) {
     PENDING.store(sig, Ordering::SeqCst);
     let wake = WAKE_FD.load(Ordering::SeqCst);
     if wake >= 0 {

@@ -1,36 +1,37 @@
-//! A unikernel VM: setup from a [`Config`], then the vCPU loop and hypercall dispatch.
+//! A unikernel VM: setup from a [`Config`], then the run: the vCPU loop under KVM, or the guest
+//! on tender's own thread in process mode (`process`).
 //!
-//! The hypercall path, start to end: `Vm::run` gets `KVM_EXIT_IO` → `Vm::hypercall` decodes
-//! port and argument pointer → one handler per hypercall (`walltime`, `puts`, `poll`, block and
-//! net handlers in `devices/`) → the result goes back into the guest's struct.
+//! The hypercall path, start to end: `Vm::run_loop` gets `KVM_EXIT_IO` (or the process-mode trap
+//! handler decodes the faulting `out`) → `decode_out` → `Hypercalls::dispatch` → one handler per
+//! hypercall (`walltime`, `puts`, `poll`, block and net handlers in `devices/`) → the result goes
+//! back into the guest's struct.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use std::time::Instant;
 
-use guest_abi::{
-    BootInfo, HALT_COOKIE_MAX, HYPERCALL_PIO_BASE, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, Hypercall,
-    SOLO5_EXIT_ABORT, SOLO5_R_EINVAL, SOLO5_R_OK, TRAP_REPORT_MAGIC, TrapReport,
-};
+use guest_abi::{BOOT_INFO_GPA, BootInfo, GUEST_MIN_BASE, SOLO5_EXIT_ABORT, TENDER_FEATURE_PROCESS};
 use kvm_ioctls::VcpuExit;
 
 use crate::attach::{attach_devices, memory_layout, ring_features};
 use crate::boot;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::devices::Device;
-use crate::devices::net::NetDevice;
 
-use crate::devices::poll::{Poller, Wait};
+use crate::devices::poll::Poller;
 use crate::devices::ring::{Ring, RingFault, Target};
 use crate::dumpcore::CoreDump;
 use crate::elf::Kernel;
 use crate::kvm::Machine;
 
 use crate::error::Error;
+pub use crate::hypercalls::decode_out;
+use crate::hypercalls::{Hypercalls, Next};
 use crate::jail::Jail;
 use crate::memory::GuestRam;
-use crate::outcome::{GuestError, HypercallError, RunEnd, Trap};
+use crate::outcome::{GuestError, HypercallError, RunEnd};
+use crate::process::ProcessGuest;
 use crate::report::{DeviceStats, Stats};
 use crate::sandbox::{self, SeccompMode};
 use crate::signals;
@@ -39,19 +40,22 @@ use tender_seccomp::Allowlist;
 /// Largest kernel file tender reads (it must fit in guest memory anyway).
 const MAX_KERNEL_FILE: u64 = guest_abi::MEM_MAX;
 
-/// Result of one hypercall: keep running, or the guest halted.
-enum Next {
-    Resume,
-    Halt(i32, Option<Trap>),
+/// What runs the guest's instructions.
+enum Cpu {
+    /// A KVM VM with one vCPU.
+    Kvm(Machine),
+    /// tender's own main thread (`--mode=process`).
+    Process(ProcessGuest),
 }
 
 pub struct Vm {
-    // Field order matters for drop: the vCPU and VM go before the memory they map.
-    machine: Machine,
-    ram: GuestRam,
-    /// The shared ring's I/O thread, when one is running. Before `devices`: it is stopped (on
-    /// drop) before the taps and files it uses are closed.
+    // Field order matters for drop: the vCPU and VM go before the memory they map, and the ring's
+    // thread is stopped before the taps and files it uses (in `calls`) are closed.
+    cpu: Cpu,
+    /// The shared ring's I/O thread, when one is running.
     ring: Option<Ring>,
+    /// Guest memory, the devices, POLL and the counters: what the hypercalls reach.
+    calls: Hypercalls,
     /// Where the ring goes, when the memory layout has room for one; it starts in `confine`.
     ring_gpa: Option<u64>,
     /// Written into guest memory by `confine`, once the ring's start is known.
@@ -59,13 +63,10 @@ pub struct Vm {
     /// Files the caller still writes at exit (the report), kept open by the jail and allowed by
     /// the filter.
     exit_files: Vec<RawFd>,
-    devices: Vec<Device>,
-    poller: Poller,
     seccomp: SeccompMode,
     timeout: Option<u64>,
     core: Option<CoreDump>,
     started: Instant,
-    pub stats: Stats,
     /// Problems that did not stop the run: the ring falling back to hypercalls (setup), its
     /// thread not stopping in time (end of the run).
     pub warnings: Vec<String>,
@@ -95,11 +96,22 @@ impl Vm {
             let reason = format!("kernel ends at {:#x}, above the memory left below the net ring", kernel.kernel_end);
             return Err(Error::Kernel { path: config.kernel.display().to_string(), reason });
         }
-        let mut ram = GuestRam::new(total, limit)?;
-        boot::load_kernel(&mut ram, &kernel, &image)?;
-        let machine = Machine::new(&ram)?;
-        let layout = boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz)?;
-        machine.set_boot_state(kernel.entry, ram.limit())?;
+        let process = config.mode == Mode::Process;
+        let mut ram =
+            if process { GuestRam::new_at(BOOT_INFO_GPA, total, limit)? } else { GuestRam::new(total, limit)? };
+        boot::load_kernel(&mut ram, &kernel, &image, process)?;
+        let cpu = if process {
+            Cpu::Process(ProcessGuest::new(kernel.entry, ram.limit())?)
+        } else {
+            let machine = Machine::new(&ram)?;
+            machine.set_boot_state(kernel.entry, ram.limit())?;
+            Cpu::Kvm(machine)
+        };
+        let tsc_hz = match &cpu {
+            Cpu::Kvm(m) => m.tsc_hz,
+            Cpu::Process(p) => p.tsc_hz,
+        };
+        let layout = boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, tsc_hz)?;
         let core = match &config.dumpcore {
             Some(dir) => Some(CoreDump::arm(dir, ram.limit())?),
             None => None,
@@ -116,19 +128,16 @@ impl Vm {
             ..Default::default()
         };
         Ok(Vm {
-            machine,
-            ram,
+            cpu,
             ring: None,
+            calls: Hypercalls { ram, devices, poller, stats },
             ring_gpa: (total > limit).then_some(limit),
             boot_info: Some(layout.boot_info),
             exit_files: Vec::new(),
-            devices,
-            poller,
             seccomp: config.seccomp,
             timeout: config.timeout,
             core,
             started,
-            stats,
             warnings: Vec::new(),
         })
     }
@@ -147,18 +156,31 @@ impl Vm {
         }
         self.exit_files = exit_files.to_vec();
         let allow = self.allowlist();
-        let keep: Vec<RawFd> = allow.fds().chain(std::iter::once(self.machine.vm.as_raw_fd())).collect();
+        let vm_fd = match &self.cpu {
+            Cpu::Kvm(m) => Some(m.vm.as_raw_fd()),
+            Cpu::Process(_) => None,
+        };
+        let keep: Vec<RawFd> = allow.fds().chain(vm_fd).collect();
         jail.enter(&keep)?;
         self.ring = self.ring_gpa.and_then(|gpa| self.start_ring(gpa));
-        let has = |kind: fn(&Device) -> bool| self.devices.iter().any(kind);
+        let has = |kind: fn(&Device) -> bool| self.calls.devices.iter().any(kind);
         let (has_net, has_block) = (has(|d| matches!(d, Device::Net(_))), has(|d| matches!(d, Device::Block(_))));
-        let (net_ring, features) = match (&self.ring, self.ring_gpa) {
+        let (net_ring, mut features) = match (&self.ring, self.ring_gpa) {
             (Some(_), Some(gpa)) => (gpa, ring_features(has_net, has_block)),
             _ => (0, 0),
         };
-        boot::write_boot_info(&self.ram, boot_info, net_ring, features)?;
-        self.stats.net_ring = features & guest_abi::HVT_FEATURE_RING_IO != 0;
-        self.stats.block_ring = features & guest_abi::TENDER_FEATURE_BLOCK_RING != 0;
+        if let Cpu::Process(_) = self.cpu {
+            features |= TENDER_FEATURE_PROCESS;
+        }
+        let ram = &mut self.calls.ram;
+        boot::write_boot_info(ram, boot_info, net_ring, features)?;
+        if let Cpu::Process(_) = self.cpu {
+            // Under KVM guest-rt's page tables keep the boot info, manifest and command line
+            // read-only; here the host mapping does.
+            ram.protect_read_only(BOOT_INFO_GPA, GUEST_MIN_BASE, false)?;
+        }
+        self.calls.stats.net_ring = features & guest_abi::HVT_FEATURE_RING_IO != 0;
+        self.calls.stats.block_ring = features & guest_abi::TENDER_FEATURE_BLOCK_RING != 0;
         jail.bound_heap()?;
         Ok(())
     }
@@ -167,6 +189,7 @@ impl Vm {
     /// hypercalls.
     fn start_ring(&mut self, gpa: u64) -> Option<Ring> {
         let targets = self
+            .calls
             .devices
             .iter()
             .map(|d| match d {
@@ -176,7 +199,11 @@ impl Vm {
             })
             .collect();
         // The thread takes a copy of `ram` with its read-only ranges (set by `new`).
-        Ring::start(&self.machine.vm, &self.ram, gpa, targets)
+        let vm = match &self.cpu {
+            Cpu::Kvm(m) => Some(&m.vm),
+            Cpu::Process(_) => None,
+        };
+        Ring::start(vm, &self.calls.ram, gpa, targets)
             .map_err(|e| self.warnings.push(format!("I/O ring not available ({e}), using hypercalls")))
             .ok()
     }
@@ -192,16 +219,28 @@ impl Vm {
         if let Err(e) = self.confine(&mut Jail::default(), exit_files) {
             return RunEnd::HostError(e.to_string());
         }
-        let immediate_exit = &mut self.machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
-        let wake_fd = self.poller.fds()[2];
+        let immediate_exit = match &mut self.cpu {
+            Cpu::Kvm(m) => &mut m.vcpu.get_kvm_run().immediate_exit as *mut u8,
+            Cpu::Process(_) => std::ptr::null_mut(),
+        };
+        let wake_fd = self.calls.poller.fds()[2];
         if let Err(e) = signals::install(immediate_exit, wake_fd, self.timeout) {
             return RunEnd::HostError(format!("cannot install signal handlers: {e}"));
+        }
+        if let Cpu::Process(p) = &mut self.cpu
+            && let Err(e) = p.arm()
+        {
+            return RunEnd::HostError(e.to_string());
         }
         let allow = self.allowlist();
         if let Err(e) = sandbox::enter(&allow, self.seccomp) {
             return RunEnd::HostError(format!("{e} (use --seccomp=off to run without it)"));
         }
-        let mut end = self.run_loop();
+        self.calls.stats.to_first_instruction = Some(self.started.elapsed());
+        let mut end = match &mut self.cpu {
+            Cpu::Kvm(_) => self.run_loop(),
+            Cpu::Process(p) => p.run(&mut self.calls, self.ring.as_ref().map(Ring::kick_fd), self.timeout),
+        };
         if let Some(ring) = &self.ring {
             if !ring.stop() {
                 self.warnings.push("the ring's I/O thread did not stop in time: frames sent last may be lost, and a block request in progress may be cut short".into());
@@ -212,18 +251,20 @@ impl Vm {
                 && !matches!(end, RunEnd::GuestError { .. } | RunEnd::HostError(_))
             {
                 end = match fault {
-                    RingFault::Host { handle, op, errno } => RunEnd::HostError(match self.device(u64::from(handle)) {
-                        Some(dev @ (Device::Block(_) | Device::Net(_))) => {
-                            HypercallError::host_io(dev.name(), op, errno).to_string()
-                        }
-                        // A host fault always names a device's handle; its own text otherwise.
-                        _ => fault.to_string(),
-                    }),
+                    RingFault::Host { handle, op, errno } => {
+                        RunEnd::HostError(match self.calls.device(u64::from(handle)) {
+                            Some(dev @ (Device::Block(_) | Device::Net(_))) => {
+                                HypercallError::host_io(dev.name(), op, errno).to_string()
+                            }
+                            // A host fault always names a device's handle; its own text otherwise.
+                            _ => fault.to_string(),
+                        })
+                    }
                     RingFault::Kick { .. } => RunEnd::HostError(fault.to_string()),
                     guest => RunEnd::GuestError { error: GuestError::Ring(guest), rip: self.rip() },
                 };
             }
-            for (stats, counters) in self.stats.devices.iter_mut().zip(ring.counters()) {
+            for (stats, counters) in self.calls.stats.devices.iter_mut().zip(ring.counters()) {
                 stats.add(counters.load());
             }
         }
@@ -233,9 +274,12 @@ impl Vm {
 
     /// The fds the run uses, for the sandbox.
     fn allowlist(&self) -> Allowlist {
-        let [epoll, timer, wake] = self.poller.fds();
+        let [epoll, timer, wake] = self.calls.poller.fds();
         let mut allow = Allowlist {
-            vcpu_fd: Some(self.machine.vcpu.as_raw_fd()),
+            vcpu_fd: match &self.cpu {
+                Cpu::Kvm(m) => Some(m.vcpu.as_raw_fd()),
+                Cpu::Process(_) => None,
+            },
             // 1 and 2 for PUTS and messages; the wake-up eventfd for the signal handler.
             output_fds: vec![1, 2, wake],
             epoll_fd: Some(epoll),
@@ -249,7 +293,7 @@ impl Vm {
             }),
             ..Default::default()
         };
-        for dev in &self.devices {
+        for dev in &self.calls.devices {
             match dev {
                 Device::Block(b) => allow.block_fds.push(b.raw_fd()),
                 Device::Net(n) => allow.tap_fds.push(n.raw_fd()),
@@ -259,17 +303,16 @@ impl Vm {
         allow
     }
 
+    /// The KVM run loop (only called with `Cpu::Kvm`).
     fn run_loop(&mut self) -> RunEnd {
-        self.stats.to_first_instruction = Some(self.started.elapsed());
+        let Cpu::Kvm(machine) = &mut self.cpu else {
+            return RunEnd::HostError("internal error: no vCPU".into());
+        };
         loop {
             if let Some(sig) = signals::pending() {
-                // A SIGUSR1 from the ring's thread becomes its fault in `run`.
-                return match (sig, self.timeout) {
-                    (libc::SIGALRM, Some(secs)) => RunEnd::Timeout(secs),
-                    _ => RunEnd::Signal(sig),
-                };
+                return RunEnd::from_signal(sig, self.timeout);
             }
-            let result = match self.machine.vcpu.run() {
+            let result = match machine.vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => Ok(decode_out(port, data)),
                 Ok(VcpuExit::IoIn(port, data)) => Err(GuestError::Port { port, size: data.len(), direction: "in" }),
                 Ok(VcpuExit::MmioWrite(gpa, _)) => Err(GuestError::Mmio { op: "write", gpa }),
@@ -278,22 +321,22 @@ impl Vm {
                 Ok(VcpuExit::Hlt) => Err(GuestError::Hlt),
                 Ok(VcpuExit::Shutdown) => Err(GuestError::Shutdown),
                 Ok(VcpuExit::FailEntry(reason, _)) => Err(GuestError::FailEntry(reason)),
-                Ok(VcpuExit::InternalError) => Err(GuestError::Internal(self.internal_suberror())),
+                Ok(VcpuExit::InternalError) => Err(GuestError::Internal(internal_suberror(machine))),
                 Ok(VcpuExit::Intr) => continue,
-                Ok(_) => Err(GuestError::Unhandled(self.machine.vcpu.get_kvm_run().exit_reason)),
+                Ok(_) => Err(GuestError::Unhandled(machine.vcpu.get_kvm_run().exit_reason)),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
                 Err(e) if e.errno() == libc::EFAULT => Err(GuestError::TranslationFault),
                 Err(e) => return RunEnd::HostError(format!("KVM: ioctl (KVM_RUN) failed: {e}")),
             };
             let outcome = match result {
-                Ok(Ok((nr, gpa))) => self.hypercall(nr, gpa),
+                Ok(Ok((nr, gpa))) => self.calls.dispatch(nr, gpa),
                 Ok(Err(e)) | Err(e) => Err(HypercallError::Guest(e)),
             };
             match outcome {
                 Ok(Next::Resume) => {}
                 Ok(Next::Halt(status, trap)) => return RunEnd::Halted { status, trap },
                 Err(HypercallError::Guest(error)) => {
-                    return RunEnd::GuestError { error, rip: self.rip() };
+                    return RunEnd::GuestError { error, rip: machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0) };
                 }
                 Err(HypercallError::Interrupted) => continue,
                 Err(e) => return RunEnd::HostError(e.to_string()),
@@ -302,146 +345,15 @@ impl Vm {
     }
 
     fn rip(&self) -> u64 {
-        self.machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0)
-    }
-
-    fn internal_suberror(&mut self) -> u32 {
-        let run = self.machine.vcpu.get_kvm_run();
-        // SAFETY: on KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` member of the
-        // union; it is plain integers.
-        unsafe { run.__bindgen_anon_1.internal.suberror }
-    }
-
-    /// Dispatches hypercall `nr` with its argument struct at `gpa`.
-    fn hypercall(&mut self, nr: Hypercall, gpa: u64) -> Result<Next, HypercallError> {
-        self.stats.hypercalls[nr as usize] += 1;
-        match nr {
-            Hypercall::Walltime => self.walltime(gpa),
-            Hypercall::Puts => self.puts(gpa),
-            Hypercall::Poll => self.poll(gpa),
-            Hypercall::BlockWrite | Hypercall::BlockRead => self.block(nr, gpa),
-            Hypercall::NetWrite | Hypercall::NetRead => self.net(nr, gpa),
-            Hypercall::Halt => self.halt(gpa),
+        match &self.cpu {
+            Cpu::Kvm(m) => m.vcpu.get_regs().map(|r| r.rip).unwrap_or(0),
+            Cpu::Process(p) => p.rip(),
         }
-        .map(|()| Next::Resume)
-        .or_else(|e| match e {
-            HaltOr::Halt(status, trap) => Ok(Next::Halt(status, trap)),
-            HaltOr::Err(e) => Err(e),
-        })
     }
 
-    fn walltime(&mut self, gpa: u64) -> Result<(), HaltOr> {
-        let mut arg: HcWalltime = self.ram.read_arg(gpa)?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        arg.nsecs = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        Ok(self.ram.write_arg(gpa, arg)?)
-    }
-
-    fn puts(&mut self, gpa: u64) -> Result<(), HaltOr> {
-        let arg: HcPuts = self.ram.read_arg(gpa)?;
-        let buf = self.ram.slice(arg.data, arg.len)?;
-        let mut done = 0;
-        while done < buf.len() {
-            // A reader that stops reading blocks this write; a signal (SIGTERM, --timeout) then
-            // cuts it short, and must end the run rather than be followed by another write.
-            if signals::pending().is_some() {
-                return Err(HypercallError::Interrupted.into());
-            }
-            // SAFETY: `buf` is a checked range of guest RAM, mapped for this call; the kernel
-            // only reads from it.
-            let n = unsafe { libc::write(1, buf.ptr_guard().as_ptr().add(done).cast(), buf.len() - done) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(HypercallError::HostIo { device: "console".into(), op: "write", err }.into());
-            }
-            done += n as usize;
-        }
-        Ok(())
-    }
-
-    fn poll(&mut self, gpa: u64) -> Result<(), HaltOr> {
-        let mut arg: HcPoll = self.ram.read_arg(gpa)?;
-        // Check the out-fields before blocking, so a bad pointer fails fast.
-        self.ram.check_write(gpa, size_of::<HcPoll>() as u64)?;
-        match self.poller.wait(arg.timeout_nsecs) {
-            Ok(Wait::Ready { ready_set, count }) => {
-                arg.ready_set = ready_set;
-                arg.ret = count;
-            }
-            Ok(Wait::Interrupted) => return Err(HypercallError::Interrupted.into()),
-            Ok(Wait::HangUp(handle)) => {
-                return Err(match self.device(handle) {
-                    Some(Device::Net(dev)) => HypercallError::device(&dev.name, dev.io().hang_up()),
-                    _ => HypercallError::Host(format!("poll failed: hang-up on handle {handle}")),
-                }
-                .into());
-            }
-            Err(e) => return Err(HypercallError::Host(format!("poll failed: {e}")).into()),
-        }
-        Ok(self.ram.write_arg(gpa, arg)?)
-    }
-
-    fn block(&mut self, nr: Hypercall, gpa: u64) -> Result<(), HaltOr> {
-        let mut arg: HcBlock = self.ram.read_arg(gpa)?;
-        self.ram.check_write(gpa, size_of::<HcBlock>() as u64)?;
-        let read = nr == Hypercall::BlockRead;
-        arg.ret = match self.device(arg.handle) {
-            Some(Device::Block(dev)) => {
-                dev.request(&self.ram, read, &arg).map_err(|e| HypercallError::device(&dev.name, e))?
-            }
-            _ => SOLO5_R_EINVAL,
-        };
-        if arg.ret == SOLO5_R_OK {
-            self.count(arg.handle, read, arg.len);
-        }
-        Ok(self.ram.write_arg(gpa, arg)?)
-    }
-
-    fn net(&mut self, nr: Hypercall, gpa: u64) -> Result<(), HaltOr> {
-        let mut arg: HcNet = self.ram.read_arg(gpa)?;
-        self.ram.check_write(gpa, size_of::<HcNet>() as u64)?;
-        let read = nr == Hypercall::NetRead;
-        let failed = |dev: &NetDevice, e| HypercallError::device(&dev.name, e);
-        match self.device(arg.handle) {
-            Some(Device::Net(dev)) if read => {
-                (arg.ret, arg.len) = dev.io().read(&self.ram, arg.data, arg.len).map_err(|e| failed(dev, e))?;
-            }
-            Some(Device::Net(dev)) => {
-                arg.ret = dev.io().write(&self.ram, arg.data, arg.len).map_err(|e| failed(dev, e))?
-            }
-            _ => arg.ret = SOLO5_R_EINVAL,
-        }
-        if arg.ret == SOLO5_R_OK {
-            self.count(arg.handle, read, arg.len);
-        }
-        Ok(self.ram.write_arg(gpa, arg)?)
-    }
-
-    fn halt(&mut self, gpa: u64) -> Result<(), HaltOr> {
-        let arg: HcHalt = self.ram.read_arg(gpa)?;
-        let mut trap = None;
-        if arg.cookie != 0 {
-            self.ram.check(arg.cookie, HALT_COOKIE_MAX)?;
-            if arg.exit_status == SOLO5_EXIT_ABORT {
-                let report: TrapReport = self.ram.read_arg(arg.cookie)?;
-                let vector = (report.magic == TRAP_REPORT_MAGIC).then_some(report.vector);
-                trap = Some(Trap { frame: report.frame, vector });
-            }
-        }
-        Err(HaltOr::Halt(arg.exit_status, trap))
-    }
-
-    /// Counts one successful device operation (handle already validated by the caller).
-    fn count(&mut self, handle: u64, read: bool, bytes: u64) {
-        if let Some(d) = usize::try_from(handle).ok().and_then(|h| self.stats.devices.get_mut(h)) {
-            let (ops, total) =
-                if read { (&mut d.read_ops, &mut d.read_bytes) } else { (&mut d.write_ops, &mut d.write_bytes) };
-            *ops += 1;
-            *total += bytes;
-        }
+    /// The counters of the run, for the report.
+    pub fn stats(&self) -> &Stats {
+        &self.calls.stats
     }
 
     /// Writes the core dump if one is armed and the run ended in an abort or a guest fault.
@@ -453,43 +365,23 @@ impl Vm {
             _ => return None,
         };
         let core = self.core.as_mut()?;
-        let regs = self.machine.vcpu.get_regs().unwrap_or_default();
-        let sregs = self.machine.vcpu.get_sregs().unwrap_or_default();
-        Some(match core.write(&self.ram, &regs, &sregs, trap.as_ref()) {
+        let Cpu::Kvm(machine) = &self.cpu else {
+            return None;
+        };
+        let regs = machine.vcpu.get_regs().unwrap_or_default();
+        let sregs = machine.vcpu.get_sregs().unwrap_or_default();
+        Some(match core.write(&self.calls.ram, &regs, &sregs, trap.as_ref()) {
             Ok(what) => format!("dumpcore: guest core written: {what}"),
             Err(e) => format!("dumpcore: cannot write the guest core: {e}"),
         })
     }
-
-    fn device(&self, handle: u64) -> Option<&Device> {
-        usize::try_from(handle).ok().and_then(|h| self.devices.get(h))
-    }
 }
 
-/// Handlers return this so that HALT can leave the loop through the same `?` path as errors.
-enum HaltOr {
-    Halt(i32, Option<Trap>),
-    Err(HypercallError),
-}
-
-impl<E: Into<HypercallError>> From<E> for HaltOr {
-    fn from(e: E) -> Self {
-        HaltOr::Err(e.into())
-    }
-}
-
-/// A hypercall is a 4-byte OUT of a 32-bit GPA to port 0x500 + nr; anything else is an error.
-pub fn decode_out(port: u16, data: &[u8]) -> Result<(Hypercall, u64), GuestError> {
-    let bad_port = GuestError::Port { port, size: data.len(), direction: "out" };
-    let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-        return Err(bad_port);
-    };
-    let nr = port.wrapping_sub(HYPERCALL_PIO_BASE);
-    if nr >= Hypercall::COUNT {
-        return Err(bad_port);
-    }
-    let call = Hypercall::from_nr(nr).ok_or(GuestError::Hypercall(nr))?;
-    Ok((call, u64::from(u32::from_le_bytes(bytes))))
+fn internal_suberror(machine: &mut Machine) -> u32 {
+    let run = machine.vcpu.get_kvm_run();
+    // SAFETY: on KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` member of the
+    // union; it is plain integers.
+    unsafe { run.__bindgen_anon_1.internal.suberror }
 }
 
 fn read_kernel(path: &Path) -> Result<Vec<u8>, Error> {

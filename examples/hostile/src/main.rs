@@ -161,6 +161,40 @@ fn net_raw(nr: Hypercall, handle: u64, data: u64, len: u64) -> i32 {
     arg.ret
 }
 
+/// One direct system call that tender's filter must refuse (the process dies of SIGSYS). If it
+/// returns, the guest says what it got and exits [`ANSWERED`]. `path`, when given, is the file
+/// to create (`openat`) or to link (`linkat`, to `PATH.link`).
+fn raw_syscall(attack: &str, path: Option<&str>) -> i32 {
+    let mut name = [0u8; 256];
+    let mut link = [0u8; 256];
+    let path = path.unwrap_or("/tmp/tender-hostile").as_bytes();
+    let Some(n) = (path.len() + 6 <= name.len()).then_some(path.len()) else {
+        return SETUP_FAILED;
+    };
+    name[..n].copy_from_slice(path);
+    link[..n].copy_from_slice(path);
+    link[n..n + 5].copy_from_slice(b".link");
+    let (at_fdcwd, sig_segv) = (-100i64 as u64, 11);
+    let zeroed = [0u64; 4];
+    let (nr, args): (u64, [u64; 5]) = match attack {
+        "syscall-openat" => (257, [at_fdcwd, name.as_ptr() as u64, 0o101, 0o600, 0]),
+        "syscall-linkat" => (265, [at_fdcwd, name.as_ptr() as u64, at_fdcwd, link.as_ptr() as u64, 0]),
+        "syscall-exit" => (60, [0; 5]),
+        "syscall-rt_sigaction" => (13, [sig_segv, zeroed.as_ptr() as u64, 0, 8, 0]),
+        "syscall-mmap" => (9, [0, 4096, 3, 0x22, u64::MAX]),
+        _ => return UNKNOWN,
+    };
+    let ret: i64;
+    // SAFETY: an attack on the host, not on guest memory: every pointer passed is to a local.
+    unsafe {
+        core::arch::asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") args[0], in("rsi") args[1],
+            in("rdx") args[2], in("r10") args[3], in("r8") args[4], in("r9") 0u64,
+            lateout("rcx") _, lateout("r11") _, options(nostack))
+    };
+    println!("hostile: {attack} returned {ret}");
+    ANSWERED
+}
+
 fn text_address() -> u64 {
     main as fn() -> i32 as usize as u64
 }
@@ -315,6 +349,9 @@ fn main() -> i32 {
         "cpl0-port-0x4ff" => return at_cpl0(hostile_cpl0_port_0x4ff),
         "cpl0-mmio-read" => return at_cpl0(hostile_cpl0_mmio_read),
         "cpl0-mmio-write" => return at_cpl0(hostile_cpl0_mmio_write),
+        // Process mode (docs/PROCESS_MODE.md): the guest makes system calls itself, and only the
+        // filter stands in the way. Under KVM, `syscall` is #UD (the guest never enabled it).
+        a if a.starts_with("syscall-") => return raw_syscall(a, guest_rt::cmdline().split_whitespace().nth(1)),
         // Runs that only end from outside: a busy loop, and a POLL that waits ~584 years.
         "loop" => loop {
             core::hint::spin_loop();

@@ -175,10 +175,11 @@ pub struct Ring {
 impl Ring {
     /// Starts an I/O thread for the ring at `gpa`, which must lie in the mapping above the
     /// guest-visible memory (`targets[h]` serves handle `h`), then routes the guest's kicks (port
-    /// 0x600) to it. Returns once the thread is past its start-up (stack guard, signal stack,
+    /// 0x600) to it: through a KVM ioeventfd on `vm`, or, in process mode (`vm` None), by the
+    /// trap handler writing [`Ring::kick_fd`]. Returns once the thread is past its start-up (stack guard, signal stack,
     /// signal mask): the seccomp filter goes on next, and the thread never returns, as thread
     /// exit would need munmap and futex. On an error nothing is routed and the thread is stopped.
-    pub fn start(vm: &VmFd, ram: &GuestRam, gpa: u64, targets: Vec<Target>) -> Result<Self, RingError> {
+    pub fn start(vm: Option<&VmFd>, ram: &GuestRam, gpa: u64, targets: Vec<Target>) -> Result<Self, RingError> {
         let ring_end = gpa.checked_add(NET_RING_SIZE as u64).ok_or(RingError::Placement)?;
         if gpa < ram.limit() || ring_end > ram.total() {
             return Err(RingError::Placement);
@@ -208,6 +209,9 @@ impl Ring {
                 _ => return Err(RingError::Placement),
             }
         }
+        let Some(vm) = vm else {
+            return Ok(ring);
+        };
         let kick = kvm_ioeventfd {
             addr: u64::from(NET_RING_KICK_PORT),
             len: 4,

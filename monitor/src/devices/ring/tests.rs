@@ -24,7 +24,7 @@ struct Rig {
 
 fn rig() -> Rig {
     let mut ram = GuestRam::new(MEM + NET_RING_AREA_SIZE, MEM).unwrap();
-    ram.protect_read_only(0x10_0000, 0x10_1000).unwrap();
+    ram.protect_read_only(0x10_0000, 0x10_1000, false).unwrap();
     let (tap, host_side) = UnixDatagram::pair().unwrap();
     tap.set_nonblocking(true).unwrap();
     let shared = Shared {
