@@ -231,6 +231,20 @@ fn http_clients_beyond_the_connection_limit_wait_and_are_never_reset() {
     assert!(failed(&burst).is_empty(), "burst under the limit: {:?}", failed(&burst));
     assert!(failed(&waiting).is_empty(), "clients beyond the limit: {:?}", failed(&waiting));
     assert!(long_client_requests > 0);
+    // Every connection's socket has been freed: what is left is the sockets kept listening (4)
+    // and the connection asking.
+    let sockets = in_netns(&ns, || {
+        let mut c = HttpClient::connect().expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sockets = c.status("sockets").expect("status");
+            if sockets == 5 || Instant::now() > deadline {
+                return sockets;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(sockets, 5, "sockets still held after every client left");
 
     let (code, out, err) = guest.stop();
     assert_eq!(code, 1, "{out}{err}");

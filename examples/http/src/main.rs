@@ -1,5 +1,6 @@
 //! An HTTP/1.1 server: `/` serves a page, `/status` a JSON object (uptime, requests served,
-//! connections accepted, connection requests dropped at the limit), anything else 404. Keep-alive
+//! connections accepted, connection requests dropped at the limit, sockets held, heap bytes
+//! free), anything else 404. Keep-alive
 //! by default, `Connection: close` honoured. Options: `--ipv4=…` (see guest-rt's `net`),
 //! `--port=N` (80), `--connections=N`: clients served at once, each costing about 26 KiB of
 //! heap; by default as many as half the free heap holds (about 1,100 at `--mem=64`). Clients
@@ -43,6 +44,8 @@ struct Counters {
     requests: u64,
     connections: u64,
     syns_dropped: u64,
+    /// Sockets the stack holds (listening, connected, closing).
+    sockets: usize,
 }
 
 /// What one turn of [`serve`] did with a connection.
@@ -89,7 +92,8 @@ fn main() -> i32 {
         }
     };
     let mut conns: Vec<Conn> = Vec::new();
-    let mut counters = Counters { started_ns: guest_rt::monotonic_ns(), requests: 0, connections: 0, syns_dropped: 0 };
+    let mut counters =
+        Counters { started_ns: guest_rt::monotonic_ns(), requests: 0, connections: 0, syns_dropped: 0, sockets: 0 };
     let mut response = alloc::string::String::with_capacity(2048);
     let mut announced = false;
     loop {
@@ -99,6 +103,7 @@ fn main() -> i32 {
             announced = true;
         }
         counters.syns_dropped = net.syns_dropped();
+        counters.sockets = net.sockets_held();
         let mut worked = false;
         while let Some(socket) = net.accept(listener) {
             conns.push(Conn { socket, head: Vec::with_capacity(HEAD_START), skip: 0 });
@@ -205,8 +210,12 @@ fn respond(head: &[u8], counters: &mut Counters, out: &mut alloc::string::String
             let uptime = (guest_rt::monotonic_ns() - counters.started_ns) / 1_000_000;
             let _ = writeln!(
                 status_body,
-                "{{\"uptime_ms\":{uptime},\"requests\":{},\"connections\":{},\"syns_dropped\":{}}}",
-                counters.requests, counters.connections, counters.syns_dropped
+                "{{\"uptime_ms\":{uptime},\"requests\":{},\"connections\":{},\"syns_dropped\":{},\"sockets\":{},\"heap_free\":{}}}",
+                counters.requests,
+                counters.connections,
+                counters.syns_dropped,
+                counters.sockets,
+                guest_rt::heap_free()
             );
             ("200 OK", "application/json", status_body.as_str())
         }

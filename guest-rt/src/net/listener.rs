@@ -36,9 +36,11 @@
 //!
 //! TIME-WAIT: a connection the server closed first ends in TIME-WAIT, which smoltcp keeps for
 //! 10 s with its buffers. guest-rt frees such a socket at once instead, so that a server that
-//! closes connections (HTTP `Connection: close`) does not hold 10 s worth of them. The cost: if
-//! the client's last FIN is retransmitted (our ACK was lost), it is answered with a reset, which
-//! the client's kernel takes as the end of a connection its application has already closed.
+//! closes connections (HTTP `Connection: close`) does not hold 10 s worth of them. A closed
+//! socket ACKs at once (no delayed ACK), so the ACK of the client's FIN has left by the time the
+//! socket reaches TIME-WAIT and is freed. The cost: if that ACK is lost and the client retransmits
+//! its FIN, the FIN is answered with a reset, which the client's kernel takes as the end of a
+//! connection its application has already closed.
 
 use alloc::vec;
 use alloc::vec::Vec;

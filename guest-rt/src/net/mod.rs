@@ -201,7 +201,11 @@ impl Stack {
     /// peer has not let it end within a minute (Linux's `tcp_fin_timeout`). The handle must not
     /// be used afterwards: its slot goes to a later socket.
     pub fn tcp_close(&mut self, h: SocketHandle) {
-        self.sockets.get_mut::<tcp::Socket>(h).close();
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        s.close();
+        // ACK the peer's FIN at once rather than after smoltcp's 10 ms delay: the socket is freed
+        // on reaching TIME-WAIT, which must not happen with that ACK still unsent.
+        s.set_ack_delay(None);
         let listener = self.listeners.iter_mut().position(|l| {
             let at = l.accepted.iter().position(|a| *a == h);
             at.map(|at| l.accepted.swap_remove(at)).is_some()
