@@ -1,10 +1,11 @@
 //! An HTTP/1.1 server: `/` serves a page, `/status` a JSON object (uptime, requests served,
 //! connections accepted, connection requests dropped at the limit, sockets held, heap bytes
-//! free), anything else 404. Keep-alive
-//! by default, `Connection: close` honoured. Options: `--ipv4=…` (see guest-rt's `net`),
-//! `--port=N` (80), `--connections=N`: clients served at once, each costing about 26 KiB of
-//! heap; by default as many as half the free heap holds (about 1,100 at `--mem=64`). Clients
-//! beyond it wait: their SYNs are dropped and retried by their kernel, never reset.
+//! free), anything else 404. Keep-alive by default, `Connection: close` honoured.
+//!
+//! Options: `--ipv4=…` (see guest-rt's `net`), `--port=N` (80), `--connections=N`: clients
+//! served at once, each costing about 25 KiB of heap; by default as many as half the free heap
+//! holds (1,261 at `--mem=64`, about 10,000 at the default 512). Clients beyond it wait: their
+//! SYNs are dropped and retried by their kernel, never reset.
 #![no_std]
 #![no_main]
 
