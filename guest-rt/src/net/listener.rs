@@ -411,6 +411,27 @@ mod tests {
     }
 
     #[test]
+    fn listening_sockets_are_opened_up_to_ready_and_the_limit() {
+        let mut sockets = SocketSet::new(vec![]);
+        let config = ListenConfig { ready: 4, ..ListenConfig::new(6).with_buffers(512, 512) };
+        let mut listener = Listener::new(80, config);
+        let mut gate = PortGate { port: 80, ..PortGate::default() };
+        listener.tend(&mut sockets, &mut gate);
+        assert_eq!((sockets.iter().count(), gate.listening, gate.can_grow), (4, 4, true));
+        listener.tend(&mut sockets, &mut gate);
+        assert_eq!(sockets.iter().count(), 4, "nothing changed, nothing opened");
+        // Two sockets become connections the application has accepted: the limit (6 in all, 4
+        // live) leaves room for 2 more listening ones.
+        for _ in 0..2 {
+            let h = listener.unaccepted.pop().unwrap();
+            listener.accepted.push(h);
+        }
+        listener.tend(&mut sockets, &mut gate);
+        assert_eq!((listener.live, gate.listening, gate.can_grow), (6, 4, false));
+        assert_eq!(listener.accept(&sockets), None, "no connection has finished its handshake");
+    }
+
+    #[test]
     fn connection_limits_from_the_command_line_and_the_heap() {
         let mib = 1 << 20;
         assert_eq!(limit_from(&[], 32 << 10, 60 * mib), Ok(960));

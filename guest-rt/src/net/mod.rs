@@ -9,8 +9,9 @@
 //!
 //! ```ignore
 //! let (mut net, args) = Stack::from_cmdline("service")?;
-//! let limit = net::connection_limit(&args, config.bytes_per_connection())?;
-//! let server = net.tcp_listener(80, ListenConfig::new(limit))?;
+//! let config = ListenConfig::new(1).with_buffers(8 << 10, 8 << 10);
+//! let limit = net::connection_limit(&args, config.bytes_per_connection())?; // --connections=N
+//! let server = net.tcp_listener(80, ListenConfig { max_connections: limit, ..config })?;
 //! let mut conns = Vec::new();
 //! loop {
 //!     net.poll();
