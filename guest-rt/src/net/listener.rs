@@ -16,7 +16,9 @@
 //!   listening socket, when the backlog and the connection limit have room;
 //! - when they have none, the SYN is *dropped* before smoltcp sees it: the client's kernel
 //!   retransmits it (after 1 s, 3 s, 7 s... on Linux) and gets in once a connection has closed
-//!   or the application has accepted. Never a reset.
+//!   or the application has accepted. Never a reset;
+//! - a client that goes silent before its connection is accepted (in the middle of its
+//!   handshake) loses it after 60 s, so that it does not hold a place in the backlog for ever.
 //!
 //! Only a SYN without ACK (a connection request) is ever held or dropped: every segment of an
 //! existing connection, FIN and RST included, goes to smoltcp untouched. A repeated SYN from a
@@ -78,6 +80,10 @@ pub const DEFAULT_READY: usize = 4;
 /// Bytes the heap allocator adds to each block (its bookkeeping and alignment), counted per
 /// buffer in [`ListenConfig::bytes_per_connection`].
 const ALLOC_OVERHEAD: usize = 16;
+/// How long a connection may stay silent before the application has accepted it (a client gone
+/// in the middle of its handshake): past it smoltcp aborts the socket, which then leaves the
+/// backlog. About Linux's: its five SYN-ACK retransmissions take 63 s.
+const UNACCEPTED_TIMEOUT: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(60);
 /// How long a closed connection may take to end (the peer to acknowledge and close its side)
 /// before it is aborted and its memory freed: Linux's `tcp_fin_timeout`.
 pub(crate) const ORPHAN_TIMEOUT_NS: u64 = 60_000_000_000;
@@ -199,6 +205,7 @@ impl Listener {
         );
         // Cannot fail: the port is not 0 (checked when the listener was made) and the socket is new.
         let _ = s.listen(self.port);
+        s.set_timeout(Some(UNACCEPTED_TIMEOUT));
         s
     }
 
@@ -238,8 +245,11 @@ impl Listener {
         gate.can_grow = self.can_grow();
     }
 
-    /// The oldest connection that has finished its handshake, if any.
-    pub(crate) fn accept(&mut self, sockets: &SocketSet<'static>) -> Option<SocketHandle> {
+    /// The oldest connection that has finished its handshake, if any. From here on it lives until
+    /// the application closes it, however long it idles (as on Linux without keep-alive): an
+    /// application that wants idle or dead clients cut off sets smoltcp's keep-alive and timeout
+    /// on the socket.
+    pub(crate) fn accept(&mut self, sockets: &mut SocketSet<'static>) -> Option<SocketHandle> {
         let at = self.unaccepted.iter().position(|h| {
             !matches!(
                 sockets.get::<tcp::Socket>(*h).state(),
@@ -247,6 +257,8 @@ impl Listener {
             )
         })?;
         let h = self.unaccepted.remove(at);
+        // smoltcp's timeout also cuts a connection that is merely idle: not the application's.
+        sockets.get_mut::<tcp::Socket>(h).set_timeout(None);
         self.accepted.push(h);
         Some(h)
     }
@@ -428,7 +440,7 @@ mod tests {
         }
         listener.tend(&mut sockets, &mut gate);
         assert_eq!((listener.live, gate.listening, gate.can_grow), (6, 4, false));
-        assert_eq!(listener.accept(&sockets), None, "no connection has finished its handshake");
+        assert_eq!(listener.accept(&mut sockets), None, "no connection has finished its handshake");
     }
 
     #[test]

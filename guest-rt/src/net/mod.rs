@@ -194,7 +194,7 @@ impl Stack {
     /// yet. The socket may already be past Established (the client sent its request and closed):
     /// read what it holds as usual.
     pub fn accept(&mut self, listener: TcpListener) -> Option<SocketHandle> {
-        self.listeners[listener.0].accept(&self.sockets)
+        self.listeners[listener.0].accept(&mut self.sockets)
     }
 
     /// Closes a TCP connection (queued data is sent first, then FIN) and gives its socket back:
