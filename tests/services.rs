@@ -92,6 +92,183 @@ fn http_pages_status_404_keepalive_and_concurrency() {
     assert!(out.contains("http: listening on 10.0.0.2:80"), "{out}");
 }
 
+/// One HTTP/1.1 connection of the overload test, with a parser just strict enough to check every
+/// response whole.
+struct HttpClient {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl HttpClient {
+    /// Connects, waiting as long as a client's kernel keeps retrying a dropped SYN (bounded).
+    fn connect() -> std::io::Result<Self> {
+        let addr = format!("{GUEST_IP}:80").parse().unwrap();
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(90))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(HttpClient { stream, reader })
+    }
+
+    /// GET `path`; returns the body of a 200 response, or an error naming what was wrong.
+    fn get(&mut self, path: &str, close: bool) -> std::io::Result<String> {
+        let connection = if close { "close" } else { "keep-alive" };
+        self.stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: guest\r\nConnection: {connection}\r\n\r\n").as_bytes())?;
+        let bad = |what: String| std::io::Error::other(what);
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        if line != "HTTP/1.1 200 OK\r\n" {
+            return Err(bad(format!("status line {line:?}")));
+        }
+        let mut length = None;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(bad("end of stream in the head".into()));
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.strip_prefix("Content-Length: ") {
+                length = v.trim().parse::<usize>().ok();
+            }
+        }
+        let mut body = vec![0; length.ok_or_else(|| bad("no Content-Length".into()))?];
+        std::io::Read::read_exact(&mut self.reader, &mut body)?;
+        if close {
+            // The server closes after the response: the next read is the end of the stream.
+            let mut rest = Vec::new();
+            std::io::Read::read_to_end(&mut self.reader, &mut rest)?;
+            if !rest.is_empty() {
+                return Err(bad(format!("{} bytes after the response", rest.len())));
+            }
+        }
+        String::from_utf8(body).map_err(|_| bad("a body that is not UTF-8".into()))
+    }
+
+    /// The `/status` counter `key`.
+    fn status(&mut self, key: &str) -> std::io::Result<u64> {
+        let body = self.get("/status", false)?;
+        let at = body.find(&format!("\"{key}\":")).ok_or_else(|| std::io::Error::other(body.clone()))?;
+        Ok(body[at + key.len() + 3..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap())
+    }
+}
+
+/// A whole client visit: connect, two requests kept alive, a third that closes. Any error (a
+/// reset above all) is returned with its kind.
+fn http_visit() -> Result<(), String> {
+    let visit = || -> std::io::Result<()> {
+        let mut c = HttpClient::connect()?;
+        for close in [false, false, true] {
+            let page = c.get("/", close)?;
+            if !page.contains("Hello from a unikernel") {
+                return Err(std::io::Error::other(format!("wrong page {page:?}")));
+            }
+        }
+        Ok(())
+    };
+    visit().map_err(|e| format!("{:?}: {e}", e.kind()))
+}
+
+/// Runs `clients` visits at once (released together by a barrier), each on its own thread.
+fn http_visits_at_once(clients: usize) -> Vec<std::thread::JoinHandle<Result<(), String>>> {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(clients));
+    (0..clients)
+        .map(|_| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                http_visit()
+            })
+        })
+        .collect()
+}
+
+/// More clients than the guest's connection limit at once: every request is answered, some later
+/// than others, and no client sees a reset (smoltcp alone would reset every SYN it has no
+/// listening socket for). A client that keeps its connection busy all along starves no one.
+#[test]
+fn http_clients_beyond_the_connection_limit_wait_and_are_never_reset() {
+    let (g, ns) = service("http", "overload");
+    let mut cmd = ns.tender();
+    cmd.args(["--net:service=tap0", &g, "--ipv4=10.0.0.2/24", "--connections=8"]);
+    let guest = Running::spawn(cmd);
+    wait_for_tcp(&ns, 80);
+
+    let (burst, long_client_requests, waiting) = in_netns(&ns, || {
+        // A burst under the limit but beyond the sockets kept listening: SYNs wait in guest-rt
+        // while it opens more, none is dropped for good.
+        let burst: Vec<_> = http_visits_at_once(7).into_iter().map(|t| t.join().unwrap()).collect();
+
+        // Eight connections take every slot; a ninth client's SYN is then dropped, as the guest's
+        // own counter shows through the first connection.
+        let mut held: Vec<HttpClient> = (0..8).map(|_| HttpClient::connect().expect("connect a holder")).collect();
+        for c in &mut held {
+            c.get("/", false).expect("a holder's first request");
+        }
+        let dropped_before = held[0].status("syns_dropped").expect("status");
+        let waiting = http_visits_at_once(16);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while held[0].status("syns_dropped").expect("status") == dropped_before {
+            assert!(Instant::now() < deadline, "no SYN was ever dropped: the clients never waited");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // All but the first let go; the first keeps asking until every waiting client is done.
+        let mut long_client = held.swap_remove(0);
+        drop(held);
+        let mut requests = 0u32;
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while !waiting.iter().all(std::thread::JoinHandle::is_finished) && Instant::now() < deadline {
+            let page = long_client.get("/", false).expect("the long client's request");
+            assert!(page.contains("Hello from a unikernel"), "{page}");
+            requests += 1;
+        }
+        long_client.get("/", true).expect("the long client's last request");
+        let waiting: Vec<_> = waiting.into_iter().map(|t| t.join().unwrap()).collect();
+        (burst, requests, waiting)
+    });
+    let failed = |r: &Vec<Result<(), String>>| r.iter().filter_map(|r| r.clone().err()).collect::<Vec<_>>();
+    assert!(failed(&burst).is_empty(), "burst under the limit: {:?}", failed(&burst));
+    assert!(failed(&waiting).is_empty(), "clients beyond the limit: {:?}", failed(&waiting));
+    assert!(long_client_requests > 0);
+    // Every connection's socket has been freed: what is left is the sockets kept listening (4)
+    // and the connection asking.
+    let sockets = in_netns(&ns, || {
+        let mut c = HttpClient::connect().expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sockets = c.status("sockets").expect("status");
+            if sockets == 5 || Instant::now() > deadline {
+                return sockets;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert_eq!(sockets, 5, "sockets still held after every client left");
+
+    let (code, out, err) = guest.stop();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("http: listening on 10.0.0.2:80, up to 8 connections"), "{out}");
+}
+
+#[test]
+fn http_rejects_bad_connection_and_port_options() {
+    let (g, ns) = service("http", "httpopts");
+    for (arg, want) in [
+        ("--connections=0", "http: --connections=0: expected a number of connections, at least 1"),
+        ("--connections=100000", "http: --connections=100000: "),
+        ("--port=0", "http: --port=0: expected a port number"),
+    ] {
+        let mut cmd = ns.tender();
+        cmd.args(["--mem=16", "--net:service=tap0", &g, "--ipv4=10.0.0.2/24", arg]);
+        let (code, out, err) = Running::spawn(cmd).wait();
+        assert_eq!(code, 2, "{arg}: {out}{err}");
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("http: ")).collect();
+        assert_eq!(lines.len(), 1, "{arg}: {out}");
+        assert!(lines[0].starts_with(want), "{arg}: {out}");
+    }
+}
+
 /// A line-protocol client inside the namespace: sends `commands`, returns one reply per command.
 fn kv_session(ns: &NetNs, commands: Vec<String>) -> Vec<String> {
     in_netns(ns, move || {

@@ -43,7 +43,7 @@ pub use bootinfo::{cmdline, mem_size};
 pub use console::puts;
 pub use device::{BlockDevice, NetDevice};
 pub use guest_abi as abi;
-pub use heap::STACK_RESERVE;
+pub use heap::{STACK_RESERVE, heap_free};
 pub use time::{monotonic_ns, wall_clock_ns, yield_until};
 
 use guest_abi::{MftEntry, SOLO5_EXIT_ABORT};

@@ -1,6 +1,11 @@
 //! An HTTP/1.1 server: `/` serves a page, `/status` a JSON object (uptime, requests served,
-//! connections accepted), anything else 404. Keep-alive by default, `Connection: close` honoured,
-//! up to `CONNECTIONS` clients at once. Options: `--ipv4=…` (see guest-net), `--port=N` (80).
+//! connections accepted, connection requests dropped at the limit, sockets held, heap bytes
+//! free), anything else 404. Keep-alive by default, `Connection: close` honoured.
+//!
+//! Options: `--ipv4=…` (see guest-rt's `net`), `--port=N` (80), `--connections=N`: clients
+//! served at once, each costing about 25 KiB of heap; by default as many as half the free heap
+//! holds (1,261 at `--mem=64`, about 10,000 at the default 512). Clients beyond it wait: their
+//! SYNs are dropped and retried by their kernel, never reset.
 #![no_std]
 #![no_main]
 
@@ -9,17 +14,21 @@ extern crate alloc;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
 
-use guest_rt::net::Stack;
 use guest_rt::net::smoltcp::iface::SocketHandle;
-use guest_rt::net::smoltcp::socket::tcp::State;
+use guest_rt::net::{ListenConfig, Stack, connection_limit};
 use guest_rt::println;
 
 guest_rt::unikernel!(main, net: ["service"]);
 
-/// Listening sockets: the number of clients served at once.
-const CONNECTIONS: usize = 32;
+/// Socket buffers of a connection, each way. A request head is gathered in the connection's own
+/// buffer (up to `MAX_HEAD`) and every response is under 1 KiB, so 8 KiB is plenty and lets a
+/// guest hold many connections.
+const SOCKET_BUFFER: usize = 8 << 10;
 /// Longest request head accepted.
 const MAX_HEAD: usize = 8 << 10;
+/// A request head buffer's first size: a typical request fits, so it is allocated once per
+/// connection.
+const HEAD_START: usize = 512;
 
 const PAGE: &str = "<!doctype html>\n<html><head><title>tender</title></head>\
 <body><h1>Hello from a unikernel</h1><p>Served by guest-rt on tender.</p></body></html>\n";
@@ -29,13 +38,24 @@ struct Conn {
     head: Vec<u8>,
     /// Request body bytes still to skip.
     skip: usize,
-    counted: bool,
 }
 
 struct Counters {
     started_ns: u64,
     requests: u64,
     connections: u64,
+    syns_dropped: u64,
+    /// Sockets the stack holds (listening, connected, closing).
+    sockets: usize,
+}
+
+/// What one turn of [`serve`] did with a connection.
+#[derive(PartialEq, Eq)]
+enum Progress {
+    Idle,
+    Worked,
+    /// The connection is over: close it and free it.
+    Done,
 }
 
 fn main() -> i32 {
@@ -46,22 +66,63 @@ fn main() -> i32 {
             return 2;
         }
     };
-    let port: u16 = rest.iter().find_map(|w| w.strip_prefix("--port=")).and_then(|p| p.parse().ok()).unwrap_or(80);
-    let mut conns: Vec<Conn> = (0..CONNECTIONS)
-        .map(|_| Conn { socket: net.tcp_listen(port), head: Vec::with_capacity(MAX_HEAD), skip: 0, counted: false })
-        .collect();
-    let mut counters = Counters { started_ns: guest_rt::monotonic_ns(), requests: 0, connections: 0 };
+    let port = match rest.iter().rev().find_map(|w| w.strip_prefix("--port=")) {
+        None => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                println!("http: --port={p}: expected a port number, 1 to 65535");
+                return 2;
+            }
+        },
+    };
+    let config = ListenConfig::new(1).with_buffers(SOCKET_BUFFER, SOCKET_BUFFER);
+    let per_connection = config.bytes_per_connection() + MAX_HEAD + core::mem::size_of::<Conn>();
+    let limit = match connection_limit(&rest, per_connection) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("http: {e}");
+            return 2;
+        }
+    };
+    let listener = match net.tcp_listener(port, ListenConfig { max_connections: limit, ..config }) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("http: cannot listen on port {port}: {e}");
+            return 2;
+        }
+    };
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut counters =
+        Counters { started_ns: guest_rt::monotonic_ns(), requests: 0, connections: 0, syns_dropped: 0, sockets: 0 };
     let mut response = alloc::string::String::with_capacity(2048);
     let mut announced = false;
     loop {
         net.poll();
         if !announced && let Some((ip, _)) = net.ipv4() {
-            println!("http: listening on {ip}:{port}");
+            println!("http: listening on {ip}:{port}, up to {limit} connections");
             announced = true;
         }
+        counters.syns_dropped = net.syns_dropped();
+        counters.sockets = net.sockets_held();
         let mut worked = false;
-        for c in conns.iter_mut() {
-            worked |= serve(&mut net, c, port, &mut counters, &mut response);
+        while let Some(socket) = net.accept(listener) {
+            conns.push(Conn { socket, head: Vec::with_capacity(HEAD_START), skip: 0 });
+            counters.connections += 1;
+            worked = true;
+        }
+        let mut i = 0;
+        while i < conns.len() {
+            match serve(&mut net, &mut conns[i], &mut counters, &mut response) {
+                Progress::Idle => {}
+                Progress::Worked => worked = true,
+                Progress::Done => {
+                    net.tcp_close(conns.swap_remove(i).socket);
+                    worked = true;
+                    continue;
+                }
+            }
+            i += 1;
         }
         if worked || net.busy() {
             continue;
@@ -70,34 +131,10 @@ fn main() -> i32 {
     }
 }
 
-/// Moves one connection forward; true if it did anything.
-fn serve(
-    net: &mut Stack,
-    c: &mut Conn,
-    port: u16,
-    counters: &mut Counters,
-    response: &mut alloc::string::String,
-) -> bool {
+/// Moves one connection forward.
+fn serve(net: &mut Stack, c: &mut Conn, counters: &mut Counters, response: &mut alloc::string::String) -> Progress {
     let s = net.tcp(c.socket);
-    match s.state() {
-        State::Closed => {
-            c.head.clear();
-            c.skip = 0;
-            c.counted = false;
-            let _ = s.listen(port);
-            return false;
-        }
-        State::CloseWait => {
-            s.close();
-            return true;
-        }
-        _ => {}
-    }
-    if s.is_active() && !c.counted {
-        c.counted = true;
-        counters.connections += 1;
-    }
-    let mut worked = false;
+    let mut progress = Progress::Idle;
     while s.can_recv() && s.send_queue() < s.send_capacity() / 2 {
         let room = MAX_HEAD - c.head.len();
         let skip = &mut c.skip;
@@ -113,26 +150,28 @@ fn serve(
         if !matches!(got, Ok(n) if n > 0) {
             break;
         }
-        worked = true;
+        progress = Progress::Worked;
         while let Some(end) = find(&c.head, b"\r\n\r\n") {
             let close = respond(&c.head[..end], counters, response);
             c.skip = content_length(&c.head[..end]);
             c.head.drain(..end + 4);
             let _ = s.send_slice(response.as_bytes());
             if close {
-                s.close();
-                return true;
+                return Progress::Done; // the response is sent before the FIN
             }
         }
         if c.head.len() >= MAX_HEAD {
             let _ = s.send_slice(
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             );
-            s.close();
-            return true;
+            return Progress::Done;
         }
     }
-    worked
+    // The client closed its side and everything it sent has been read, or it reset.
+    if !s.may_recv() {
+        return Progress::Done;
+    }
+    progress
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -172,8 +211,12 @@ fn respond(head: &[u8], counters: &mut Counters, out: &mut alloc::string::String
             let uptime = (guest_rt::monotonic_ns() - counters.started_ns) / 1_000_000;
             let _ = writeln!(
                 status_body,
-                "{{\"uptime_ms\":{uptime},\"requests\":{},\"connections\":{}}}",
-                counters.requests, counters.connections
+                "{{\"uptime_ms\":{uptime},\"requests\":{},\"connections\":{},\"syns_dropped\":{},\"sockets\":{},\"heap_free\":{}}}",
+                counters.requests,
+                counters.connections,
+                counters.syns_dropped,
+                counters.sockets,
+                guest_rt::heap_free()
             );
             ("200 OK", "application/json", status_body.as_str())
         }

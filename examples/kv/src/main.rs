@@ -7,8 +7,10 @@
 //! - `COUNT` → `COUNT n`
 //! - anything else → `ERR message`
 //!
-//! Keys are one word; a value is the rest of the line. Options: `--ipv4=…` (see guest-net),
-//! `--port=N` (default 7000).
+//! Keys are one word; a value is the rest of the line. Options: `--ipv4=…` (see guest-rt's
+//! `net`), `--port=N` (default 7000), `--connections=N`: clients served at once, each costing
+//! about 82 KiB of heap; by default as many as half the free heap holds. Clients beyond it wait
+//! (their SYNs are dropped and retried by their kernel), never reset.
 #![no_std]
 #![no_main]
 
@@ -20,16 +22,18 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
 
-use guest_rt::net::Stack;
 use guest_rt::net::smoltcp::iface::SocketHandle;
-use guest_rt::net::smoltcp::socket::tcp::State;
+use guest_rt::net::{ListenConfig, Stack, connection_limit};
 use guest_rt::{BlockDevice, println};
 use store::{Store, StoreError};
 
 guest_rt::unikernel!(main, block: ["storage"], net: ["service"]);
 
-const CONNECTIONS: usize = 16;
 const MAX_LINE: usize = store::MAX_VALUE + store::MAX_KEY + 16;
+/// Socket buffers of a connection, each way: a command is gathered in the connection's own line
+/// buffer, and the send buffer must hold the longest reply with room to spare (see `serve`).
+const SOCKET_BUFFER: usize = 32 << 10;
+const _: () = assert!(SOCKET_BUFFER > MAX_LINE);
 
 struct Conn {
     socket: SocketHandle,
@@ -44,7 +48,24 @@ fn main() -> i32 {
             return 2;
         }
     };
-    let port: u16 = rest.iter().find_map(|w| w.strip_prefix("--port=")).and_then(|p| p.parse().ok()).unwrap_or(7000);
+    let port = match rest.iter().rev().find_map(|w| w.strip_prefix("--port=")) {
+        None => 7000,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                println!("kv: --port={p}: expected a port number, 1 to 65535");
+                return 2;
+            }
+        },
+    };
+    let config = ListenConfig::new(1).with_buffers(SOCKET_BUFFER, SOCKET_BUFFER);
+    let limit = match connection_limit(&rest, config.bytes_per_connection() + MAX_LINE) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("kv: {e}");
+            return 2;
+        }
+    };
     let Ok(disk) = BlockDevice::open("storage") else {
         println!("kv: cannot open block device storage");
         return 2;
@@ -60,15 +81,35 @@ fn main() -> i32 {
         println!("kv: discarded a torn record at byte {at}");
     }
     println!("kv: recovered {} records, {} keys", store.recovered, store.len());
-    let mut conns: Vec<Conn> =
-        (0..CONNECTIONS).map(|_| Conn { socket: net.tcp_listen(port), line: Vec::new() }).collect();
-    println!("kv: listening on port {port}");
+    let listener = match net.tcp_listener(port, ListenConfig { max_connections: limit, ..config }) {
+        Ok(l) => l,
+        Err(e) => {
+            println!("kv: cannot listen on port {port}: {e}");
+            return 2;
+        }
+    };
+    let mut conns: Vec<Conn> = Vec::new();
+    println!("kv: listening on port {port}, up to {limit} connections");
     let mut reply = String::with_capacity(MAX_LINE);
     loop {
         net.poll();
         let mut worked = false;
-        for c in conns.iter_mut() {
-            worked |= serve(&mut net, c, port, &mut store, &mut reply);
+        while let Some(socket) = net.accept(listener) {
+            conns.push(Conn { socket, line: Vec::new() });
+            worked = true;
+        }
+        let mut i = 0;
+        while i < conns.len() {
+            match serve(&mut net, &mut conns[i], &mut store, &mut reply) {
+                Progress::Idle => {}
+                Progress::Worked => worked = true,
+                Progress::Done => {
+                    net.tcp_close(conns.swap_remove(i).socket);
+                    worked = true;
+                    continue;
+                }
+            }
+            i += 1;
         }
         if worked || net.busy() {
             continue;
@@ -77,20 +118,16 @@ fn main() -> i32 {
     }
 }
 
-fn serve(net: &mut Stack, c: &mut Conn, port: u16, store: &mut Store, reply: &mut String) -> bool {
+/// What one turn of [`serve`] did with a connection.
+enum Progress {
+    Idle,
+    Worked,
+    /// The connection is over: close it and free it.
+    Done,
+}
+
+fn serve(net: &mut Stack, c: &mut Conn, store: &mut Store, reply: &mut String) -> Progress {
     let s = net.tcp(c.socket);
-    match s.state() {
-        State::Closed => {
-            c.line.clear();
-            let _ = s.listen(port);
-            return false;
-        }
-        State::CloseWait if !s.can_recv() => {
-            s.close();
-            return true;
-        }
-        _ => {}
-    }
     let mut worked = false;
     // Leave room in the send buffer for the longest reply before taking another command.
     while s.can_recv() && s.send_capacity() - s.send_queue() > MAX_LINE {
@@ -107,8 +144,7 @@ fn serve(net: &mut Stack, c: &mut Conn, port: u16, store: &mut Store, reply: &mu
         }) else {
             if c.line.len() > MAX_LINE {
                 let _ = s.send_slice(b"ERR line too long\n");
-                s.close();
-                return true;
+                return Progress::Done;
             }
             break;
         };
@@ -117,7 +153,11 @@ fn serve(net: &mut Stack, c: &mut Conn, port: u16, store: &mut Store, reply: &mu
         c.line.clear();
         let _ = s.send_slice(reply.as_bytes());
     }
-    worked
+    // The client closed its side and every command it sent has been answered, or it reset.
+    if !s.may_recv() {
+        return Progress::Done;
+    }
+    if worked { Progress::Worked } else { Progress::Idle }
 }
 
 fn execute(store: &mut Store, line: &[u8], reply: &mut String) {

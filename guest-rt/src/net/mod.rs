@@ -1,38 +1,55 @@
 //! The network core: smoltcp over a [`NetDevice`], configured from the command line,
 //! driven by one event loop that sleeps in the POLL hypercall.
 //!
-//! An application owns a [`Stack`] per NIC, adds smoltcp sockets to it (TCP listen/connect,
-//! UDP bind), and loops: [`Stack::poll`] moves frames and timers, the application reads and
-//! writes its sockets with smoltcp's own socket API, [`Stack::wait`] sleeps until a frame
-//! arrives or smoltcp's next deadline. ARP and ICMP echo are answered by the stack itself.
+//! An application owns a [`Stack`] per NIC, adds listeners and smoltcp sockets to it (TCP
+//! listeners with a backlog, TCP connect, UDP bind), and loops: [`Stack::poll`] moves frames and
+//! timers, the application accepts connections and reads and writes its sockets with smoltcp's
+//! own socket API, [`Stack::wait`] sleeps until a frame arrives or smoltcp's next deadline. ARP
+//! and ICMP echo are answered by the stack itself.
 //!
 //! ```ignore
 //! let (mut net, args) = Stack::from_cmdline("service")?;
-//! let server = net.tcp_listen(80);
+//! let config = ListenConfig::new(1).with_buffers(8 << 10, 8 << 10);
+//! let limit = net::connection_limit(&args, config.bytes_per_connection())?; // --connections=N
+//! let server = net.tcp_listener(80, ListenConfig { max_connections: limit, ..config })?;
+//! let mut conns = Vec::new();
 //! loop {
 //!     net.poll();
-//!     let sock = net.tcp(server);
-//!     if sock.can_recv() { /* read a request, sock.send_slice(response) */ }
+//!     while let Some(h) = net.accept(server) { conns.push(h); }
+//!     conns.retain(|&h| {
+//!         let sock = net.tcp(h);
+//!         if sock.can_recv() { /* read a request, sock.send_slice(response) */ }
+//!         let done = !sock.may_recv(); // the client closed (or reset)
+//!         if done { net.tcp_close(h); } // frees the socket once the connection has ended
+//!         !done
+//!     });
 //!     net.wait();
 //! }
 //! ```
 //!
 //! Why a poll loop and not async: a unikernel has one thread and one event source (POLL); the
-//! loop above is the whole scheduler, applications stay ordinary straight-line code, and every
-//! buffer is sized once up front (no allocation per packet).
+//! loop above is the whole scheduler, and applications stay ordinary straight-line code. Memory
+//! is allocated per connection (its socket buffers, when a listening socket is opened for it) and
+//! freed when it ends, never per packet: see `listener.rs`.
 mod config;
+mod listener;
 mod phy;
 
 pub use config::{IpConfig, parse_args};
+pub use listener::{
+    CONNECTIONS_OPTION, DEFAULT_BACKLOG, DEFAULT_READY, ListenConfig, ListenError, TcpListener, connection_limit,
+};
 pub use smoltcp;
 
 use crate::NetDevice;
 use alloc::vec;
+use alloc::vec::Vec;
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{dhcpv4, tcp, udp};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 
+use listener::{Closing, Listener, ORPHAN_TIMEOUT_NS, PortGate};
 use phy::Phy;
 
 /// Default TCP socket buffer, each direction.
@@ -42,6 +59,9 @@ pub const UDP_PACKETS: usize = 64;
 pub const UDP_BUFFER: usize = 128 << 10;
 /// Longest sleep when smoltcp has no deadline (keeps DHCP and timers honest).
 const MAX_SLEEP_NS: u64 = 1_000_000_000;
+/// Passes of smoltcp one [`Stack::poll`] makes at most. A pass ends early when the SYN gate holds
+/// a SYN until a listening socket is opened; frames per poll stay bounded by the receive budget.
+const MAX_PASSES: usize = 2 * phy::RX_BATCH as usize;
 
 /// The smoltcp clock: guest-rt's monotonic clock.
 pub fn now() -> Instant {
@@ -55,6 +75,10 @@ pub struct Stack {
     sockets: SocketSet<'static>,
     dhcp: Option<SocketHandle>,
     nic: NetDevice,
+    /// TCP listeners; `phy.gate.ports[i]` is the SYN gate of `listeners[i]`.
+    listeners: Vec<Listener>,
+    /// Sockets the application has closed, until their connection has ended.
+    closing: Vec<Closing>,
 }
 
 impl Stack {
@@ -76,7 +100,7 @@ impl Stack {
             }
             IpConfig::Dhcp => dhcp = Some(sockets.add(dhcpv4::Socket::new())),
         }
-        Stack { phy, iface, sockets, dhcp, nic }
+        Stack { phy, iface, sockets, dhcp, nic, listeners: Vec::new(), closing: Vec::new() }
     }
 
     /// The usual start of a one-NIC service: opens the net device `name`, configures it from
@@ -102,11 +126,103 @@ impl Stack {
     /// state.
     pub fn poll(&mut self) -> bool {
         self.phy.refill_rx_budget();
-        let changed = self.iface.poll(now(), &mut self.phy, &mut self.sockets) == PollResult::SocketStateChanged;
+        let mut changed = false;
+        for _ in 0..MAX_PASSES {
+            changed |= self.iface.poll(now(), &mut self.phy, &mut self.sockets) == PollResult::SocketStateChanged;
+            self.tend_sockets();
+            if !self.phy.holding() {
+                break;
+            }
+        }
         if let Some(h) = self.dhcp {
             self.dhcp_event(h);
         }
         changed
+    }
+
+    /// Frees closed connections and refills the listeners (see `listener.rs`).
+    fn tend_sockets(&mut self) {
+        if !self.closing.is_empty() {
+            let now_ns = crate::monotonic_ns();
+            let mut i = 0;
+            while i < self.closing.len() {
+                let c = &self.closing[i];
+                let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+                match s.state() {
+                    tcp::State::Closed | tcp::State::TimeWait => {
+                        if let Some(l) = c.listener {
+                            self.listeners[l].live -= 1;
+                        }
+                        self.sockets.remove(self.closing.swap_remove(i).handle);
+                        continue;
+                    }
+                    // Sends a reset; the socket is Closed now and freed on the next pass.
+                    _ if now_ns >= c.abort_at_ns => s.abort(),
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        for (listener, gate) in self.listeners.iter_mut().zip(self.phy.gate.ports.iter_mut()) {
+            listener.tend(&mut self.sockets, gate);
+        }
+    }
+
+    /// Listens on `port` for up to `config.max_connections` connections at once (see
+    /// `listener.rs`): take them with [`accept`](Self::accept), end them with
+    /// [`tcp_close`](Self::tcp_close).
+    pub fn tcp_listener(&mut self, port: u16, config: ListenConfig) -> Result<TcpListener, ListenError> {
+        if port == 0 {
+            return Err(ListenError::PortZero);
+        }
+        if self.listeners.iter().any(|l| l.port == port) {
+            return Err(ListenError::PortInUse);
+        }
+        let c = &config;
+        if c.max_connections == 0 || c.backlog == 0 || c.ready == 0 || c.rx_buffer == 0 || c.tx_buffer == 0 {
+            return Err(ListenError::Empty);
+        }
+        let mut listener = Listener::new(port, config);
+        let mut gate = PortGate { port, ..PortGate::default() };
+        listener.tend(&mut self.sockets, &mut gate);
+        self.listeners.push(listener);
+        self.phy.gate.ports.push(gate);
+        Ok(TcpListener(self.listeners.len() - 1))
+    }
+
+    /// The oldest connection on `listener` that has finished its handshake and not been taken
+    /// yet. The socket may already be past Established (the client sent its request and closed):
+    /// read what it holds as usual.
+    pub fn accept(&mut self, listener: TcpListener) -> Option<SocketHandle> {
+        self.listeners[listener.0].accept(&mut self.sockets)
+    }
+
+    /// Closes a TCP connection (queued data is sent first, then FIN) and gives its socket back:
+    /// the stack frees it, buffers and all, once the connection has ended, or aborts it if the
+    /// peer has not let it end within a minute (Linux's `tcp_fin_timeout`). The handle must not
+    /// be used afterwards: its slot goes to a later socket.
+    pub fn tcp_close(&mut self, h: SocketHandle) {
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        s.close();
+        // ACK the peer's FIN at once rather than after smoltcp's 10 ms delay: the socket is freed
+        // on reaching TIME-WAIT, which must not happen with that ACK still unsent.
+        s.set_ack_delay(None);
+        let listener = self.listeners.iter_mut().position(|l| {
+            let at = l.accepted.iter().position(|a| *a == h);
+            at.map(|at| l.accepted.swap_remove(at)).is_some()
+        });
+        self.closing.push(Closing { handle: h, listener, abort_at_ns: crate::monotonic_ns() + ORPHAN_TIMEOUT_NS });
+    }
+
+    /// Connection requests (SYNs) dropped so far because a listener was at its backlog or its
+    /// connection limit.
+    pub fn syns_dropped(&self) -> u64 {
+        self.phy.gate.dropped
+    }
+
+    /// Sockets this stack holds now (listening, connected and closing, UDP and DHCP included).
+    pub fn sockets_held(&self) -> usize {
+        self.sockets.iter().count()
     }
 
     fn dhcp_event(&mut self, h: SocketHandle) {
@@ -155,13 +271,15 @@ impl Stack {
         self.phy.rx_pending()
     }
 
-    /// Called with every received frame before the stack sees it (for statistics or tests).
+    /// Called with every received frame before the stack sees it (for statistics or tests); a
+    /// SYN the listeners' gate drops is never seen.
     pub fn set_rx_hook(&mut self, hook: fn(&[u8])) {
         self.phy.hook = Some(hook);
     }
 
     /// A TCP socket listening on `port`, with [`TCP_BUFFER`] bytes each way. A listening socket
-    /// serves one connection at a time: add several for concurrent clients.
+    /// serves one connection at a time, and a client that finds it busy is refused with a reset:
+    /// servers for more than one client use [`tcp_listener`](Self::tcp_listener).
     pub fn tcp_listen(&mut self, port: u16) -> SocketHandle {
         let mut s =
             tcp::Socket::new(tcp::SocketBuffer::new(vec![0; TCP_BUFFER]), tcp::SocketBuffer::new(vec![0; TCP_BUFFER]));

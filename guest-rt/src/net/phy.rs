@@ -1,9 +1,10 @@
 //! smoltcp's view of a [`NetDevice`]: one receive and one transmit buffer, sized once from the
-//! MTU.
+//! MTU, and the SYN gate of the stack's listeners in front of smoltcp (see `listener.rs`).
 
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::listener::{SynGate, Verdict};
 use crate::NetDevice;
 use crate::device::Error;
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
@@ -20,6 +21,10 @@ pub(crate) struct Phy {
     /// batches, so that a burst (which the net ring delivers without a pause) does not overflow
     /// a socket's buffer inside one poll.
     rx_budget: u32,
+    /// Length of a frame kept in `rx` by the gate ([`Verdict::Hold`]): it is judged again, before
+    /// any other frame, on the next receive.
+    held: Option<usize>,
+    pub(crate) gate: SynGate,
     pub(crate) hook: Option<fn(&[u8])>,
 }
 
@@ -35,12 +40,20 @@ impl Phy {
             tx: vec![0; nic.max_frame()],
             rx_pending: true,
             rx_budget: RX_BATCH,
+            held: None,
+            gate: SynGate::default(),
             hook: None,
         }
     }
 
+    /// Whether a receive may find a frame: the NIC may have one, or the gate holds one.
     pub(crate) fn rx_pending(&self) -> bool {
-        self.rx_pending
+        self.rx_pending || self.held.is_some()
+    }
+
+    /// Whether the gate holds a SYN until a listening socket is opened for it.
+    pub(crate) fn holding(&self) -> bool {
+        self.held.is_some()
     }
 
     pub(crate) fn set_rx_pending(&mut self) {
@@ -86,17 +99,34 @@ impl Device for Phy {
     type TxToken<'a> = Tx<'a>;
 
     fn receive(&mut self, _now: Instant) -> Option<(Rx<'_>, Tx<'_>)> {
-        if !self.rx_pending || self.rx_budget == 0 {
-            return None;
-        }
-        match self.nic.recv(&mut self.rx) {
-            Ok(n) => {
-                self.rx_budget -= 1;
-                Some((Rx { frame: &self.rx[..n], hook: self.hook }, Tx { nic: self.nic, buf: &mut self.tx }))
+        loop {
+            if self.rx_budget == 0 {
+                return None;
             }
-            Err(Error::Again) | Err(_) => {
-                self.rx_pending = false;
-                None
+            let len = match self.held.take() {
+                Some(len) => len,
+                None if !self.rx_pending => return None,
+                None => match self.nic.recv(&mut self.rx) {
+                    Ok(n) => n,
+                    Err(Error::Again) | Err(_) => {
+                        self.rx_pending = false;
+                        return None;
+                    }
+                },
+            };
+            match self.gate.judge(&self.rx[..len]) {
+                Verdict::Pass => {
+                    self.rx_budget -= 1;
+                    let rx = Rx { frame: &self.rx[..len], hook: self.hook };
+                    return Some((rx, Tx { nic: self.nic, buf: &mut self.tx }));
+                }
+                // Counted against the budget too: a flood of SYNs must not keep a poll going.
+                Verdict::Drop => self.rx_budget -= 1,
+                // Ends this pass's receiving: the stack opens a listening socket and passes again.
+                Verdict::Hold => {
+                    self.held = Some(len);
+                    return None;
+                }
             }
         }
     }
