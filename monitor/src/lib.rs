@@ -11,6 +11,7 @@ pub mod devices;
 pub mod dumpcore;
 pub mod elf;
 pub mod error;
+pub mod inspect;
 pub mod kvm;
 pub mod manifest;
 pub mod memory;

@@ -27,6 +27,15 @@ fn main() -> ExitCode {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             return ExitCode::SUCCESS;
         }
+        Command::Inspect { kernel, query, format } => {
+            return match tender::inspect::inspect(&kernel, query, format) {
+                Ok(text) => {
+                    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
+            };
+        }
         Command::Run { config, warnings, report } => (config, warnings, report),
     };
     let mut report = match report.as_deref().map(ReportFile::open).transpose() {

@@ -165,7 +165,8 @@ pub enum Ending<'a> {
     Setup(&'a str),
 }
 
-fn json_string(b: &mut String, s: &str) {
+/// Appends `s` as a JSON string literal.
+pub(crate) fn json_string(b: &mut String, s: &str) {
     b.push('"');
     for c in s.chars() {
         match c {

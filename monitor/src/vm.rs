@@ -5,7 +5,6 @@
 //! net handlers in `devices/`) → the result goes back into the guest's struct.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
 
 use std::time::Instant;
 
@@ -23,7 +22,7 @@ use crate::devices::Device;
 use crate::devices::poll::{Poller, Wait};
 use crate::devices::ring::{Ring, RingFault, Target};
 use crate::dumpcore::CoreDump;
-use crate::elf::Kernel;
+use crate::elf::{self, Kernel};
 use crate::kvm::Machine;
 
 use crate::error::Error;
@@ -33,9 +32,6 @@ use crate::report::{DeviceStats, Stats};
 use crate::sandbox::{self, SeccompMode};
 use crate::signals;
 use tender_seccomp::Allowlist;
-
-/// Largest kernel file tender reads (it must fit in guest memory anyway).
-const MAX_KERNEL_FILE: u64 = guest_abi::MEM_MAX;
 
 /// Result of one hypercall: keep running, or the guest halted.
 enum Next {
@@ -66,8 +62,8 @@ impl Vm {
     /// Validates the kernel and the devices and builds the VM, ready to run.
     pub fn new(config: &Config) -> Result<Self, Error> {
         let started = Instant::now();
-        let image = read_kernel(&config.kernel)?;
         let elf_err = |source| Error::Elf { path: config.kernel.display().to_string(), source };
+        let image = elf::read_image(&config.kernel).map_err(elf_err)?;
         let kernel = Kernel::parse(&image, config.mem_bytes).map_err(elf_err)?;
         let cmdline = boot::guest_cmdline(&config.guest_args)?;
         let (devices, manifest) = attach_devices(config, &kernel.manifest)?;
@@ -451,16 +447,4 @@ pub fn decode_out(port: u16, data: &[u8]) -> Result<(Hypercall, u64), GuestError
     }
     let call = Hypercall::from_nr(nr).ok_or(GuestError::Hypercall(nr))?;
     Ok((call, u64::from(u32::from_le_bytes(bytes))))
-}
-
-fn read_kernel(path: &Path) -> Result<Vec<u8>, Error> {
-    let io_err = |e: std::io::Error| Error::Kernel { path: path.display().to_string(), reason: e.to_string() };
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    if !meta.is_file() {
-        return Err(Error::Kernel { path: path.display().to_string(), reason: "not a regular file".into() });
-    }
-    if meta.len() > MAX_KERNEL_FILE {
-        return Err(Error::Kernel { path: path.display().to_string(), reason: "file too large".into() });
-    }
-    std::fs::read(path).map_err(io_err)
 }
