@@ -13,7 +13,7 @@ use crate::inspect::{Format, Query};
 use crate::sandbox::SeccompMode;
 
 /// Options that take a value, which may be the next argument (`--mem 512`).
-const VALUE_OPTIONS: [&str; 7] = ["--mem", "--net", "--block", "--seccomp", "--dumpcore", "--report", "--timeout"];
+pub const VALUE_OPTIONS: [&str; 7] = ["--mem", "--net", "--block", "--seccomp", "--dumpcore", "--report", "--timeout"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -31,6 +31,7 @@ const VALUE_OPTIONS: [&str; 7] = ["--mem", "--net", "--block", "--seccomp", "--d
 Everything after KERNEL is passed to the guest as its command line.
 `tender inspect [--abi] [--format=json|text] KERNEL` prints what KERNEL declares, without running
 it (`tender inspect --help`); a kernel file named `inspect` runs as `tender -- inspect`.
+To debug a unikernel with gdb, run it with `tender-debug --gdb[=PORT]` (see the README).
 Exit status: the guest's status when it exits (255 when it aborts or faults); 1 when tender
 reports an error, the guest breaks the ABI, or tender is stopped by SIGINT, SIGTERM or SIGUSR1."
 )]
@@ -178,6 +179,11 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErr
             for_clap.push(arg.clone());
             guest_args = &args[i + 1..];
             break;
+        }
+        if arg == "--gdb" || arg.starts_with("--gdb=") || arg.starts_with("--gdb-port") {
+            return Err(CliError(format!(
+                "{arg}: the GDB stub is in tender-debug, not tender: run tender-debug {arg} ..."
+            )));
         }
         // `--KIND:NAME=VALUE`: a colon in the option's name, before any `=` (a colon in a value,
         // as in `--report=/tmp/a:b`, is just part of the value).

@@ -122,6 +122,7 @@ impl ReportFile {
             Ending::Run(RunEnd::Timeout(secs)) => {
                 let _ = write!(b, "{{\"kind\":\"timeout\",\"seconds\":{secs}}}");
             }
+            Ending::Run(RunEnd::Killed) => b.push_str("{\"kind\":\"killed\"}"),
         }
         let code = match end {
             Ending::Run(e) => e.exit_code(),

@@ -27,6 +27,7 @@ use crate::kvm::Machine;
 
 use crate::error::Error;
 use crate::memory::GuestRam;
+use crate::observe::{Control, Observer, Stop, Stopped};
 use crate::outcome::{GuestError, HypercallError, RunEnd, Trap};
 use crate::report::{DeviceStats, Stats};
 use crate::sandbox::{self, SeccompMode};
@@ -147,6 +148,11 @@ impl Vm {
     /// free or close anything: callers end the process without dropping the `Vm`.
     /// `exit_files` are fds the caller will still write at exit (the report).
     pub fn run(&mut self, exit_files: &[RawFd]) -> RunEnd {
+        self.run_observed(exit_files, &mut ())
+    }
+
+    /// [`run`](Self::run), with `observer` watching the vCPU's stops (a debugger).
+    pub fn run_observed<O: Observer>(&mut self, exit_files: &[RawFd], observer: &mut O) -> RunEnd {
         let immediate_exit = &mut self.machine.vcpu.get_kvm_run().immediate_exit as *mut u8;
         let wake_fd = self.poller.fds()[2];
         if let Err(e) = signals::install(immediate_exit, wake_fd, self.timeout) {
@@ -154,6 +160,7 @@ impl Vm {
         }
         let mut allow = self.allowlist();
         allow.exit_file_fds.extend_from_slice(exit_files);
+        observer.sandbox(&mut allow);
         let keep: Vec<RawFd> = allow
             .vcpu_fd
             .iter()
@@ -164,6 +171,7 @@ impl Vm {
             .chain(&allow.timer_fd)
             .chain(&allow.ring_kick_fd)
             .chain(&allow.output_fds)
+            .chain(&allow.debugger_fd)
             .chain(allow.core_dump.iter().flat_map(|(f, d)| [f, d]))
             .chain(std::iter::once(&self.machine.vm.as_raw_fd()))
             .copied()
@@ -172,7 +180,7 @@ impl Vm {
         if let Err(e) = sandbox::enter(&allow, self.seccomp) {
             return RunEnd::HostError(format!("{e} (use --seccomp=off to run without it)"));
         }
-        let mut end = self.run_loop();
+        let mut end = self.run_loop(observer);
         if let Some(ring) = &self.ring {
             if !ring.stop() {
                 self.warnings.push("the ring's I/O thread did not stop in time: frames sent last may be lost, and a block request in progress may be cut short".into());
@@ -228,8 +236,11 @@ impl Vm {
         allow
     }
 
-    fn run_loop(&mut self) -> RunEnd {
+    fn run_loop<O: Observer>(&mut self, observer: &mut O) -> RunEnd {
         self.stats.to_first_instruction = Some(self.started.elapsed());
+        if observer.start(Stopped { vcpu: &mut self.machine.vcpu, ram: &self.ram }) == Control::Kill {
+            return RunEnd::Killed;
+        }
         loop {
             if let Some(sig) = signals::pending() {
                 // A SIGUSR1 from the ring's thread becomes its fault in `run`.
@@ -238,8 +249,20 @@ impl Vm {
                     _ => RunEnd::Signal(sig),
                 };
             }
+            // A stop that may be the observer's: handled after the match, which borrows the vCPU.
+            let mut stop = None;
             let result = match self.machine.vcpu.run() {
-                Ok(VcpuExit::IoOut(port, data)) => Ok(decode_out(port, data)),
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    let decoded = decode_out(port, data);
+                    if let (Err(GuestError::Port { .. }), Ok(bytes)) = (&decoded, <[u8; 4]>::try_from(data)) {
+                        stop = Some(Stop::Port { port, value: u32::from_le_bytes(bytes) });
+                    }
+                    Ok(decoded)
+                }
+                Ok(VcpuExit::Debug(arch)) => {
+                    stop = Some(Stop::Debug(arch));
+                    Err(GuestError::Unhandled(kvm_bindings::KVM_EXIT_DEBUG))
+                }
                 Ok(VcpuExit::IoIn(port, data)) => Err(GuestError::Port { port, size: data.len(), direction: "in" }),
                 Ok(VcpuExit::MmioWrite(gpa, _)) => Err(GuestError::Mmio { op: "write", gpa }),
                 Ok(VcpuExit::MmioRead(gpa, _)) => Err(GuestError::Mmio { op: "read", gpa }),
@@ -250,10 +273,22 @@ impl Vm {
                 Ok(VcpuExit::InternalError) => Err(GuestError::Internal(self.internal_suberror())),
                 Ok(VcpuExit::Intr) => continue,
                 Ok(_) => Err(GuestError::Unhandled(self.machine.vcpu.get_kvm_run().exit_reason)),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    stop = Some(Stop::Interrupted);
+                    Err(GuestError::Unhandled(0))
+                }
                 Err(e) if e.errno() == libc::EFAULT => Err(GuestError::TranslationFault),
                 Err(e) => return RunEnd::HostError(format!("KVM: ioctl (KVM_RUN) failed: {e}")),
             };
+            if let Some(why) = stop {
+                match observer.stop(Stopped { vcpu: &mut self.machine.vcpu, ram: &self.ram }, why) {
+                    Control::Resume => continue,
+                    Control::Kill => return RunEnd::Killed,
+                    // Without an observer, an interrupted KVM_RUN just runs again.
+                    Control::NotMine if matches!(why, Stop::Interrupted) => continue,
+                    Control::NotMine => {}
+                }
+            }
             let outcome = match result {
                 Ok(Ok((nr, gpa))) => self.hypercall(nr, gpa),
                 Ok(Err(e)) | Err(e) => Err(HypercallError::Guest(e)),
@@ -416,6 +451,11 @@ impl Vm {
             Ok(what) => format!("dumpcore: guest core written: {what}"),
             Err(e) => format!("dumpcore: cannot write the guest core: {e}"),
         })
+    }
+
+    /// Guest memory, for a debugger's reads and writes.
+    pub fn ram(&self) -> &GuestRam {
+        &self.ram
     }
 
     fn device(&self, handle: u64) -> Option<&Device> {
