@@ -56,10 +56,14 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return front::fail(&e),
     };
-    let command = match cli::parse(args) {
+    let mut command = match cli::parse(args) {
         Ok(c) => c,
         Err(e) => return front::fail(&e.to_string()),
     };
+    if let (Some(_), cli::Command::Run { config, .. }) = (port, &mut command) {
+        // Offer guests the cooperative path for their CPL 3 code (guest-abi, DebugArea).
+        config.debugger = true;
+    }
     match port {
         None => front::run(command, |_| Ok(())),
         Some(port) => front::run(command, |vm| stub::Stub::listen(vm, port)),

@@ -15,11 +15,13 @@ use tender_seccomp::Allowlist;
 use crate::conn::Conn;
 use crate::kick;
 use crate::target::Debugger;
+use guest_abi::TENDER_DEBUG_PORT;
 
 type Machine = GdbStubStateMachine<'static, Debugger, Conn>;
 
 pub struct Stub {
     fd: i32,
+    mem_fd: i32,
     target: Debugger,
     /// None once gdb detached or is gone: the guest then runs to its own end.
     gdb: Option<Machine>,
@@ -45,16 +47,20 @@ impl Stub {
         let conn = Conn::new(stream);
         let fd = conn.fd();
         kick::watch(fd).map_err(|e| format!("gdb: cannot watch the connection: {e}"))?;
-        let mut target = Debugger::new(vm.ram().clone());
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/proc/self/mem")
+            .map_err(|e| format!("gdb: cannot open /proc/self/mem (to write breakpoints): {e}"))?;
+        let mem_fd = std::os::fd::AsRawFd::as_raw_fd(&mem);
+        let mut target = Debugger::new(vm.ram().clone(), mem);
         let gdb = GdbStub::new(conn).run_state_machine(&mut target).map_err(|e| format!("gdb: {e}"))?;
-        Ok(Stub { fd, target, gdb: Some(gdb), input: VecDeque::new() })
+        Ok(Stub { fd, mem_fd, target, gdb: Some(gdb), input: VecDeque::new() })
     }
 
-    /// Serves gdb while the guest is stopped, until gdb resumes it, detaches or kills it.
+    /// Serves gdb while the guest is stopped (its registers loaded), until gdb resumes it,
+    /// detaches or kills it.
     fn serve(&mut self, vcpu: &mut VcpuFd) -> Control {
-        if self.target.load(vcpu).is_err() {
-            return self.release(vcpu);
-        }
         let mut buf = [0u8; 4096];
         loop {
             let Some(gdb) = self.gdb.take() else { return Control::Resume };
@@ -129,6 +135,9 @@ impl Stub {
             let Some(gdb) = self.gdb.take() else { return Control::Resume };
             let GdbStubStateMachine::Running(mut running) = gdb else {
                 self.gdb = Some(gdb);
+                if self.target.load(vcpu).is_err() {
+                    return self.release(vcpu);
+                }
                 return self.serve(vcpu);
             };
             let byte = match self.input.pop_front() {
@@ -159,11 +168,26 @@ impl Stub {
 impl Observer for Stub {
     fn sandbox(&self, allow: &mut Allowlist) {
         allow.debugger_fd = Some(self.fd);
+        allow.debugger_mem_fd = Some(self.mem_fd);
     }
 
     fn start(&mut self, s: Stopped<'_>) -> Control {
         kick::arm(&mut s.vcpu.get_kvm_run().immediate_exit);
+        if self.target.load(s.vcpu).is_err() {
+            return self.release(s.vcpu);
+        }
         self.serve(s.vcpu)
+    }
+
+    fn hypercall_done(&mut self, s: Stopped<'_>) -> Control {
+        // A CPL 3 step over a hypercall's `out`: KVM loses the step's trap, so stop here.
+        if self.gdb.is_none() || !self.target.cooperative_step_pending() {
+            return Control::Resume;
+        }
+        if self.target.load(s.vcpu).is_err() || self.target.hypercall_step_done().is_err() {
+            return self.release(s.vcpu);
+        }
+        self.report(s.vcpu, SingleThreadStopReason::DoneStep)
     }
 
     fn stop(&mut self, s: Stopped<'_>, why: Stop) -> Control {
@@ -181,6 +205,19 @@ impl Observer for Stub {
             },
             // A debug exit after gdb left (a step already under way): nothing to report.
             Stop::Debug(_) => self.release(s.vcpu),
+            Stop::Port { port: TENDER_DEBUG_PORT, value } => {
+                if self.target.load(s.vcpu).is_err() {
+                    return self.release(s.vcpu);
+                }
+                match self.target.guest_report(u64::from(value)) {
+                    Ok(None) => Control::Resume,
+                    Ok(Some(reason)) if self.gdb.is_some() => self.report(s.vcpu, reason),
+                    // gdb has left: the trap was a step or breakpoint of its time; run on.
+                    Ok(Some(_)) => self.release(s.vcpu),
+                    // A forged or broken area: the run ends as for any bad port access.
+                    Err(_) => Control::NotMine,
+                }
+            }
             Stop::Port { .. } => Control::NotMine,
         }
     }

@@ -1,9 +1,15 @@
 //! The guest as gdbstub sees it: registers, memory, breakpoints, resume and step.
 //!
 //! Registers are read once per stop and written back when the guest resumes (only if gdb changed
-//! them). Breakpoints and watchpoints share the four debug registers and act through
-//! `KVM_SET_GUEST_DEBUG`: a `break` (gdb's software breakpoint) becomes a hardware one, since an
-//! `int3` in CPL 0 code kills this host's instruction emulator and KVM never sees one at CPL 3.
+//! them). They come from KVM, or, when guest-rt's #BP/#DB handler reported a CPL 3 trap, from the
+//! [`DebugArea`] it saved them in.
+//!
+//! Which kind of breakpoint, decided the same way on every host: before a guest registers its
+//! debug area, and for guests that never do (Solo5's), every breakpoint is a hardware one (the
+//! four debug registers, shared with watchpoints, through `KVM_SET_GUEST_DEBUG`). Once registered,
+//! gdb's `break` in a user page above the guest's CPL 0 code is an `int3`, written through
+//! `/proc/self/mem` (the text is read-only on the host), and watchpoints are refused. An `int3` is
+//! never written into CPL 0 code: it kills the instruction emulator of nested KVM-PVM hosts.
 
 use gdbstub::arch::Arch;
 use gdbstub::common::Signal;
@@ -19,6 +25,7 @@ use gdbstub::target::ext::breakpoints::{
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::X86_64_SSE;
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
+use guest_abi::{DEBUG_AREA_MAGIC, DebugArea, PTE_PRESENT, PTE_PS, PTE_USER};
 use kvm_bindings::{
     KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, kvm_debug_exit_arch, kvm_guest_debug,
     kvm_regs, kvm_sregs,
@@ -30,6 +37,9 @@ use tender::memory::GuestRam;
 pub const HW_SLOTS: usize = 4;
 /// DR6: single step (BS).
 const DR6_BS: u64 = 1 << 14;
+/// RFLAGS: trap flag (single step by the guest's own #DB).
+const RFLAGS_TF: u64 = 1 << 8;
+const INT3: u8 = 0xcc;
 
 type Regs = <X86_64_SSE as Arch>::Registers;
 
@@ -56,8 +66,32 @@ pub enum Resume {
     Step,
 }
 
+/// Where the registers gdb sees come from at this stop.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    Kvm,
+    /// A CPL 3 #BP/#DB reported through the guest's debug area at this GPA.
+    Area(u64),
+}
+
+/// A guest that registered its debug area.
+#[derive(Clone, Copy, Debug)]
+struct Registered {
+    area: u64,
+    cpl0_text_end: u64,
+}
+
 pub struct Debugger {
     ram: GuestRam,
+    /// `/proc/self/mem`, opened before the sandbox: the way to write `int3` into read-only text.
+    mem: std::fs::File,
+    registered: Option<Registered>,
+    source: Source,
+    area: DebugArea,
+    /// `int3`s in guest memory: (address, the byte it replaced).
+    int3s: Vec<(u64, u8)>,
+    /// The `int3` lifted to step over it (continuing from its address), put back after the step.
+    lifted: Option<(u64, u8)>,
     regs: kvm_regs,
     sregs: kvm_sregs,
     regs_dirty: bool,
@@ -68,16 +102,26 @@ pub struct Debugger {
     stepping_over: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum DebugError {
     #[error("KVM: ioctl ({0}) failed: {1}")]
     Kvm(&'static str, kvm_ioctls::Error),
+    #[error("invalid guest debug area at gpa={0:#x}")]
+    Area(u64),
+    #[error("cannot write a breakpoint at gpa={0:#x}: {1}")]
+    Poke(u64, String),
 }
 
 impl Debugger {
-    pub fn new(ram: GuestRam) -> Self {
+    pub fn new(ram: GuestRam, mem: std::fs::File) -> Self {
         Debugger {
             ram,
+            mem,
+            registered: None,
+            source: Source::Kvm,
+            area: DebugArea::default(),
+            int3s: Vec::new(),
+            lifted: None,
             regs: kvm_regs::default(),
             sregs: kvm_sregs::default(),
             regs_dirty: false,
@@ -92,25 +136,176 @@ impl Debugger {
         self.regs = vcpu.get_regs().map_err(|e| DebugError::Kvm("KVM_GET_REGS", e))?;
         self.sregs = vcpu.get_sregs().map_err(|e| DebugError::Kvm("KVM_GET_SREGS", e))?;
         self.regs_dirty = false;
+        self.source = Source::Kvm;
         Ok(())
+    }
+
+    /// Is the vCPU at CPL 3, in a guest that registered (so its own #DB can step it)?
+    fn cooperative(&self) -> bool {
+        self.registered.is_some() && self.sregs.cs.selector & 3 == 3
     }
 
     /// Before the guest runs again: gdb's register changes, then the debug registers for what it
     /// asked (`resume`).
     pub fn apply(&mut self, vcpu: &VcpuFd) -> Result<(), DebugError> {
+        let step = self.resume == Some(Resume::Step);
+        if let Source::Area(gpa) = self.source {
+            // Back through the guest's handler: rip, registers and TF from the area.
+            let rip = self.area.rip;
+            self.lifted = None;
+            if let Some(&(addr, orig)) = self.int3s.iter().find(|(a, _)| *a == rip) {
+                self.poke(addr, orig)?;
+                self.lifted = Some((addr, orig));
+            }
+            let tf = step || self.lifted.is_some();
+            self.area.rflags = if tf { self.area.rflags | RFLAGS_TF } else { self.area.rflags & !RFLAGS_TF };
+            self.ram.write_arg(gpa, self.area).map_err(|_| DebugError::Area(gpa))?;
+            return self.arm(vcpu, false, false);
+        }
+        if self.cooperative() {
+            // Stopped at CPL 3 by Ctrl-C or at a hypercall: the guest's own #DB steps it.
+            let tf = step || self.int3s.iter().any(|(a, _)| *a == self.regs.rip);
+            let rflags = if tf { self.regs.rflags | RFLAGS_TF } else { self.regs.rflags & !RFLAGS_TF };
+            if rflags != self.regs.rflags {
+                self.regs.rflags = rflags;
+                self.regs_dirty = true;
+            }
+            if tf && !step {
+                let (addr, orig) = *self.int3s.iter().find(|(a, _)| *a == self.regs.rip).unwrap_or(&(0, 0));
+                self.poke(addr, orig)?;
+                self.lifted = Some((addr, orig));
+            }
+        }
         if self.regs_dirty {
             vcpu.set_regs(&self.regs).map_err(|e| DebugError::Kvm("KVM_SET_REGS", e))?;
             self.regs_dirty = false;
         }
-        let step = self.resume == Some(Resume::Step);
+        let kvm_step = step && !self.cooperative();
         self.stepping_over = !step && self.breaks_at(self.regs.rip);
-        self.arm(vcpu, step || self.stepping_over, self.stepping_over)
+        self.arm(vcpu, kvm_step || self.stepping_over, self.stepping_over)
+    }
+
+    /// Did gdb ask for a step that the guest's own #DB carries out (a CPL 3 step)?
+    pub fn cooperative_step_pending(&self) -> bool {
+        self.resume == Some(Resume::Step) && (matches!(self.source, Source::Area(_)) || self.cooperative())
+    }
+
+    /// The guest's report at the debug port: `Ok(None)` for a registration (run on), the stop
+    /// for a trap, `Err` for anything a guest may not send (the run then ends as for any bad port
+    /// access).
+    pub fn guest_report(&mut self, gpa: u64) -> Result<Option<SingleThreadStopReason<u64>>, DebugError> {
+        let bad = DebugError::Area(gpa);
+        let area: DebugArea = self.ram.read_arg(gpa).map_err(|_| bad.clone())?;
+        self.ram.check_write(gpa, size_of::<DebugArea>() as u64).map_err(|_| bad.clone())?;
+        if area.magic != DEBUG_AREA_MAGIC {
+            return Err(bad);
+        }
+        match (area.op, self.registered) {
+            (guest_abi::DEBUG_OP_REGISTER, None) => {
+                self.registered = Some(Registered { area: gpa, cpl0_text_end: area.cpl0_text_end });
+                // Breakpoints set before, in user code, become int3s: the debug registers never
+                // fire at CPL 3 on some hosts.
+                for i in 0..HW_SLOTS {
+                    if let Some(Slot { addr, kind: SlotKind::Break }) = self.slots[i]
+                        && self.int3_allowed(addr)
+                        && self.insert_int3(addr).is_ok()
+                    {
+                        self.slots[i] = None;
+                    }
+                }
+                Ok(None)
+            }
+            (guest_abi::DEBUG_OP_TRAP, Some(r)) if r.area == gpa => self.area_trap(gpa, area),
+            _ => Err(bad),
+        }
+    }
+
+    fn area_trap(&mut self, gpa: u64, area: DebugArea) -> Result<Option<SingleThreadStopReason<u64>>, DebugError> {
+        self.source = Source::Area(gpa);
+        self.area = area;
+        if let Some((addr, _)) = self.lifted.take() {
+            // The step over a lifted int3 is done: put it back, and continue if that was all.
+            self.poke(addr, INT3)?;
+            if self.resume == Some(Resume::Continue) && area.vector == 1 {
+                self.area.rflags &= !RFLAGS_TF;
+                self.ram.write_arg(gpa, self.area).map_err(|_| DebugError::Area(gpa))?;
+                return Ok(None);
+            }
+        }
+        let reason = match area.vector {
+            3 if self.int3s.iter().any(|(a, _)| *a == area.rip.wrapping_sub(1)) => {
+                self.area.rip -= 1;
+                SingleThreadStopReason::SwBreak(())
+            }
+            1 => SingleThreadStopReason::DoneStep,
+            _ => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+        };
+        self.resume = None;
+        Ok(Some(reason))
+    }
+
+    /// A continue that passed over a lifted int3 without a trap (a hypercall was stepped over):
+    /// put it back now.
+    pub fn hypercall_step_done(&mut self) -> Result<(), DebugError> {
+        if let Some((addr, _)) = self.lifted.take() {
+            self.poke(addr, INT3)?;
+        }
+        self.resume = None;
+        Ok(())
+    }
+
+    /// Writes one byte of guest text through `/proc/self/mem`.
+    fn poke(&self, gpa: u64, byte: u8) -> Result<(), DebugError> {
+        use std::os::unix::fs::FileExt;
+        self.ram.check(gpa, 1).map_err(|_| DebugError::Area(gpa))?;
+        let host = self.ram.host_base() as u64 + gpa;
+        self.mem.write_at(&[byte], host).map(|_| ()).map_err(|e| DebugError::Poke(gpa, e.to_string()))
+    }
+
+    fn peek(&self, gpa: u64) -> Option<u64> {
+        let slice = self.ram.slice(gpa, 8).ok()?;
+        let mut b = [0u8; 8];
+        slice.copy_to(&mut b);
+        Some(u64::from_le_bytes(b))
+    }
+
+    /// An int3 may go at `addr` only in a registered guest, above its CPL 0 code, in a page
+    /// the guest's own page tables mark user.
+    fn int3_allowed(&self, addr: u64) -> bool {
+        let Some(r) = self.registered else { return false };
+        if addr < r.cpl0_text_end {
+            return false;
+        }
+        let mut table = self.sregs.cr3 & !0xfff;
+        for (level, shift) in [39u64, 30, 21, 12].iter().enumerate() {
+            let Some(entry) = self.peek(table + ((addr >> shift) & 511) * 8) else { return false };
+            if entry & (PTE_PRESENT | PTE_USER) != PTE_PRESENT | PTE_USER {
+                return false;
+            }
+            if level > 0 && entry & PTE_PS != 0 {
+                return true;
+            }
+            table = entry & 0x000f_ffff_ffff_f000;
+        }
+        true
+    }
+
+    fn insert_int3(&mut self, addr: u64) -> Result<(), DebugError> {
+        let orig = self.ram.slice(addr, 1).map_err(|_| DebugError::Area(addr))?;
+        let mut b = [0u8];
+        orig.copy_to(&mut b);
+        self.poke(addr, INT3)?;
+        self.int3s.push((addr, b[0]));
+        Ok(())
     }
 
     /// No more debugging (gdb detached or is gone): the guest runs on as without it.
     pub fn release(&mut self, vcpu: &VcpuFd) -> Result<(), DebugError> {
         self.slots = [None; HW_SLOTS];
-        self.resume = None;
+        for (addr, orig) in std::mem::take(&mut self.int3s) {
+            self.poke(addr, orig)?;
+        }
+        self.resume = Some(Resume::Continue);
         self.apply(vcpu)?;
         let off = kvm_guest_debug::default();
         vcpu.set_guest_debug(&off).map_err(|e| DebugError::Kvm("KVM_SET_GUEST_DEBUG", e))
@@ -230,6 +425,16 @@ impl SingleThreadBase for Debugger {
     fn read_registers(&mut self, regs: &mut Regs) -> TargetResult<(), Self> {
         let r = &self.regs;
         *regs = X86_64CoreRegs::default();
+        if let Source::Area(_) = self.source {
+            let (a, g) = (&self.area, &self.area.gprs);
+            regs.regs =
+                [g[0], g[1], g[2], g[3], g[4], g[5], g[6], a.rsp, g[7], g[8], g[9], g[10], g[11], g[12], g[13], g[14]];
+            regs.rip = a.rip;
+            regs.eflags = a.rflags as u32;
+            (regs.segments.cs, regs.segments.ss) = (a.cs as u32, a.ss as u32);
+            (regs.segments.ds, regs.segments.es) = (a.ss as u32, a.ss as u32);
+            return Ok(());
+        }
         regs.regs = [
             r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
             r.r15,
@@ -248,6 +453,14 @@ impl SingleThreadBase for Debugger {
 
     /// General registers, rip and rflags; segments and FPU/SSE state are not written.
     fn write_registers(&mut self, regs: &Regs) -> TargetResult<(), Self> {
+        if let Source::Area(_) = self.source {
+            let (a, r) = (&mut self.area, &regs.regs);
+            a.gprs = [r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]];
+            a.rsp = r[7];
+            a.rip = regs.rip;
+            a.rflags = (a.rflags & !0xffff_ffff) | u64::from(regs.eflags);
+            return Ok(());
+        }
         let r = &mut self.regs;
         [
             r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14,
@@ -318,9 +531,19 @@ impl Breakpoints for Debugger {
 
 impl SwBreakpoint for Debugger {
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if self.int3_allowed(addr) {
+            return Ok(self.insert_int3(addr).is_ok());
+        }
         Ok(self.add_slot(addr, SlotKind::Break))
     }
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        if let Some(i) = self.int3s.iter().position(|(a, _)| *a == addr) {
+            let (addr, orig) = self.int3s.remove(i);
+            if self.lifted.is_some_and(|(a, _)| a == addr) {
+                self.lifted = None;
+            }
+            return Ok(self.poke(addr, orig).is_ok());
+        }
         Ok(self.remove_slot(addr, SlotKind::Break))
     }
 }
@@ -338,7 +561,13 @@ impl HwWatchpoint for Debugger {
     /// x86 debug registers watch 1, 2, 4 or 8 aligned bytes, for writes or for any access (not
     /// reads alone): anything else is refused, never silently widened.
     fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
-        if kind == WatchKind::Read || ![1, 2, 4, 8].contains(&len) || !addr.is_multiple_of(len) {
+        // A registered guest's code runs at CPL 3, where the debug registers may never fire:
+        // refused on every host rather than silently never triggering.
+        if self.registered.is_some()
+            || kind == WatchKind::Read
+            || ![1, 2, 4, 8].contains(&len)
+            || !addr.is_multiple_of(len)
+        {
             return Ok(false);
         }
         Ok(self.add_slot(addr, SlotKind::Watch(kind, len)))

@@ -22,6 +22,8 @@ pub struct Config {
     pub dumpcore: Option<PathBuf>,
     /// `--timeout=SECONDS`: end the run after this long.
     pub timeout: Option<u64>,
+    /// Set by `tender-debug --gdb` (no option of `tender`'s): advertise TENDER_FEATURE_DEBUG.
+    pub debugger: bool,
 }
 
 impl Config {
@@ -35,6 +37,7 @@ impl Config {
             seccomp: SeccompMode::default(),
             dumpcore: None,
             timeout: None,
+            debugger: false,
         }
     }
 }

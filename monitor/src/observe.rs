@@ -57,6 +57,13 @@ pub trait Observer {
         Control::NotMine
     }
 
+    /// A hypercall was carried out and the guest is about to resume (a single step over the
+    /// `out` stops here: KVM loses the step's trap over port I/O that exits).
+    #[inline(always)]
+    fn hypercall_done(&mut self, _vcpu: Stopped<'_>) -> Control {
+        Control::Resume
+    }
+
     /// The run ended (after tender's own line about it, before the process exits).
     #[inline(always)]
     fn end(&mut self, _end: &RunEnd) {}

@@ -107,7 +107,8 @@ impl Vm {
             Some(_) => (limit, ring_features(has_net, has_block)),
             None => (0, 0),
         };
-        boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz, net_ring, features)?;
+        let debug_feature = if config.debugger { guest_abi::TENDER_FEATURE_DEBUG } else { 0 };
+        boot::write_low_memory(&ram, &kernel, &manifest, &cmdline, machine.tsc_hz, net_ring, features | debug_feature)?;
         machine.set_boot_state(kernel.entry, ram.limit())?;
         let core = match &config.dumpcore {
             Some(dir) => Some(CoreDump::arm(dir, ram.limit())?),
@@ -172,6 +173,7 @@ impl Vm {
             .chain(&allow.ring_kick_fd)
             .chain(&allow.output_fds)
             .chain(&allow.debugger_fd)
+            .chain(&allow.debugger_mem_fd)
             .chain(allow.core_dump.iter().flat_map(|(f, d)| [f, d]))
             .chain(std::iter::once(&self.machine.vm.as_raw_fd()))
             .copied()
@@ -294,7 +296,12 @@ impl Vm {
                 Ok(Err(e)) | Err(e) => Err(HypercallError::Guest(e)),
             };
             match outcome {
-                Ok(Next::Resume) => {}
+                Ok(Next::Resume) => {
+                    let stopped = Stopped { vcpu: &mut self.machine.vcpu, ram: &self.ram };
+                    if observer.hypercall_done(stopped) == Control::Kill {
+                        return RunEnd::Killed;
+                    }
+                }
                 Ok(Next::Halt(status, trap)) => return RunEnd::Halted { status, trap },
                 Err(HypercallError::Guest(error)) => {
                     return RunEnd::GuestError { error, rip: self.rip() };

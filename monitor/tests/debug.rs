@@ -1,5 +1,6 @@
 //! `tender-debug --gdb`: real gdb against real guests. The CPL 0 path (KVM_SET_GUEST_DEBUG,
-//! hardware breakpoints, single-step) is tested on a raw ELF that never leaves CPL 0.
+//! hardware breakpoints, single-step) is tested on a raw ELF that never leaves CPL 0; the
+//! cooperative CPL 3 path on `examples/gdbtarget` built with the `debug-guest` profile.
 
 mod common;
 
@@ -45,6 +46,73 @@ impl Debuggee {
 
     /// Runs gdb in batch mode with `commands` (after connecting); returns what it printed.
     fn gdb(&self, elf: Option<&std::path::Path>, commands: &[&str]) -> String {
+        let out = self
+            .gdb_command(elf, commands)
+            .output()
+            .expect("gdb is needed for these tests (scripts/test.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    /// The system call tender-debug is in (`/proc/PID/syscall`): 0 (`read`) while it serves gdb.
+    fn syscall(&self) -> Option<String> {
+        let s = std::fs::read_to_string(format!("/proc/{}/syscall", self.child.id())).ok()?;
+        s.split_whitespace().next().map(str::to_string)
+    }
+
+    /// Waits (bounded) until tender-debug is serving gdb (`serving`: in `read`) or runs the guest
+    /// (in neither `read` nor `accept4`).
+    fn wait_until(&self, serving: bool) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let state = || match self.syscall().as_deref() {
+            Some("0") => Some(true),
+            Some("288") => None,
+            _ => Some(false),
+        };
+        while state() != Some(serving) {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// gdb with `commands`, where each `continue` is ended by a Ctrl-C (SIGINT to gdb, which sends
+    /// gdb's interrupt) once the guest runs (computing, or waiting in POLL). Each `continue` must
+    /// follow a stop long enough to be seen (the first one, or a `shell sleep`).
+    fn gdb_interrupting(&self, elf: &std::path::Path, commands: &[&str]) -> String {
+        let continues = commands.iter().filter(|c| **c == "continue").count();
+        let mut child = self
+            .gdb_command(Some(elf), commands)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gdb is needed for these tests");
+        for i in 0..continues {
+            // After a stop (the first one is too short to be seen), then running.
+            let running = (i == 0 || self.wait_until(true)) && self.wait_until(false) && {
+                // Still running a moment later: not a passing step of the stop's handling.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                self.wait_until(false)
+            };
+            if !running {
+                eprintln!("continue {i}: tender-debug is in syscall {:?}", self.syscall());
+                break;
+            }
+            // SAFETY: kill on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        }
+        // A gdb still waiting (a stop that never came) must not hang the test.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    fn gdb_command(&self, elf: Option<&std::path::Path>, commands: &[&str]) -> Command {
         let mut cmd = Command::new("gdb");
         cmd.args(["-batch", "-nx", "-ex", "set architecture i386:x86-64", "-ex", "set confirm off"]);
         if let Some(elf) = elf {
@@ -54,9 +122,8 @@ impl Debuggee {
         for c in commands {
             cmd.args(["-ex", c]);
         }
-        let out =
-            cmd.stdin(Stdio::null()).output().expect("gdb is needed for these tests (scripts/test.sh installs it)");
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        cmd.stdin(Stdio::null());
+        cmd
     }
 
     /// Waits (bounded) for tender-debug to end: (status, stdout, rest of stderr).
@@ -215,4 +282,115 @@ fn tender_debug_without_gdb_runs_as_tender() {
     let (code, out, err) = decode(out);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Hello, world!"));
+}
+
+/// `examples/gdbtarget` with symbols and frame info.
+fn gdbtarget() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| debug_guest("gdbtarget")).clone()
+}
+
+#[test]
+fn cpl3_break_stepi_memory_set_var_bt_and_continue_to_exit() {
+    let elf = gdbtarget();
+    let d = Debuggee::start(&[elf.to_str().unwrap()]);
+    let out = d.gdb(
+        Some(&elf),
+        &[
+            "set var gdbtarget::ANSWER = 99",
+            "break gdbtarget::step",
+            "continue",
+            "info registers rip cs",
+            "stepi",
+            "info registers rip",
+            "x/4bx gdbtarget::step",
+            "bt",
+            "watch gdbtarget::ANSWER",
+            "continue",
+            "delete",
+            "continue",
+        ],
+    );
+    let rip_at = |line: &str| -> u64 {
+        out.lines()
+            .filter(|l| l.starts_with("rip "))
+            .nth(if line == "break" { 0 } else { 1 })
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+            .unwrap_or_else(|| panic!("no rip in:\n{out}"))
+    };
+    assert!(out.contains("Breakpoint 1, "), "{out}");
+    assert!(out.contains("<gdbtarget::step>"), "stopped at the function's first instruction:\n{out}");
+    assert!(out.contains("cs             0x23"), "at CPL 3:\n{out}");
+    assert!(rip_at("stepi") > rip_at("break"), "stepi moves rip:\n{out}");
+    assert!(out.contains("<gdbtarget::step>:\t0x"), "x/4bx reads the function's bytes:\n{out}");
+    assert!(!out.contains("<gdbtarget::step>:\t0xcc"), "gdb never sees its own int3:\n{out}");
+    assert!(out.contains("gdbtarget::main ()"), "bt shows the caller:\n{out}");
+    assert!(out.contains("Could not insert hardware watchpoint 2"), "refused for a guest that registered:\n{out}");
+    assert!(out.contains("exited with code 0144"), "99 + 1 = 100 (octal 0144):\n{out}");
+    let (code, stdout, err) = d.wait();
+    assert_eq!(code, 100, "{err}");
+    assert_eq!(stdout, "answer: 100\n", "set var changed what the guest prints");
+}
+
+#[test]
+fn cpl3_kill_gives_1() {
+    let elf = gdbtarget();
+    let d = Debuggee::start(&[elf.to_str().unwrap()]);
+    d.gdb(Some(&elf), &["break gdbtarget::step", "continue", "kill"]);
+    let (code, out, err) = d.wait();
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert!(err.ends_with("tender: guest killed by the debugger\n"), "{err}");
+}
+
+#[test]
+fn ctrl_c_stops_a_busy_guest_and_one_waiting_in_poll_and_both_resume() {
+    let elf = gdbtarget();
+    for mode in ["busy", "poll"] {
+        let d = Debuggee::start(&[elf.to_str().unwrap(), mode]);
+        let mut commands = vec!["continue", "info registers cs", "shell sleep 1", "continue", "bt 1", "x/i $pc"];
+        commands.extend(["stepi", "x/i $pc"].repeat(5));
+        commands.push("kill");
+        let out = d.gdb_interrupting(&elf, &commands);
+        assert_eq!(out.matches("Program received signal SIGINT").count(), 2, "{mode}: stopped twice:\n{out}");
+        assert!(out.contains("cs             0x23"), "{mode}: interrupted at CPL 3:\n{out}");
+        assert!(out.contains("gdbtarget::main ()"), "{mode}:\n{out}");
+        // Each stepi moves on by one instruction; a step over the POLL's `out` (whose trap KVM
+        // loses) stops right after it, at the hypercall's exit.
+        let pcs: Vec<(u64, &str)> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("=> 0x"))
+            .filter_map(|l| {
+                let (addr, rest) = l.split_once(' ')?;
+                Some((u64::from_str_radix(addr, 16).ok()?, rest.split_once(":\t")?.1))
+            })
+            .collect();
+        assert_eq!(pcs.len(), 6, "{mode}:\n{out}");
+        assert!(pcs.windows(2).all(|w| w[0].0 != w[1].0), "{mode}: every stepi moved:\n{out}");
+        let outs: Vec<_> = pcs.windows(2).filter(|w| w[0].1.starts_with("out ")).collect();
+        assert!(outs.iter().all(|w| w[1].0 == w[0].0 + 1), "{mode}: stopped right after the out:\n{out}");
+        if mode == "poll" {
+            assert!(!outs.is_empty(), "the POLL loop steps over its out:\n{out}");
+        }
+        let (code, _, err) = d.wait();
+        assert_eq!(code, 1, "{mode}: {err}");
+    }
+}
+
+/// The debug port under --gdb with forged areas: the run ends as for any bad port access.
+#[test]
+fn forged_debug_areas_end_the_run() {
+    let dir = TempDir::new("gdb-forged");
+    for (tag, area) in [("outside", 0xffff_ff00u32), ("no-magic", 0x10_0100), ("read-only", 0x10_0000)] {
+        let a = area.to_le_bytes();
+        let code = [0xb8, a[0], a[1], a[2], a[3], 0x66, 0xba, 0x04, 0x06, 0xef, 0xeb, 0xfe];
+        let mut padded = code.to_vec();
+        padded.resize(0x200, 0);
+        let elf = dir.file(tag, &raw_kernel(&padded, &[]));
+        let d = Debuggee::start(&["--mem=8", elf.to_str().unwrap()]);
+        d.gdb(None, &["continue"]);
+        let (code, _, err) = d.wait();
+        assert_eq!(code, 1, "{tag}: {err}");
+        assert!(err.contains("Invalid guest port access: port=0x604"), "{tag}: {err}");
+    }
 }

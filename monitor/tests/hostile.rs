@@ -453,6 +453,20 @@ fn run_raw(tag: &str, code: &[u8]) -> (i32, String) {
     (code, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
+/// tender's debug port exists only under `tender-debug --gdb`: elsewhere, a forged report there
+/// is an unknown port (guest-abi TENDER_DEBUG_PORT).
+#[test]
+fn the_debug_port_without_a_debugger_ends_the_run() {
+    for area in [0x10_0100u32, 0xffff_fff0] {
+        let a = area.to_le_bytes();
+        // mov eax, area; mov dx, 0x604; out dx, eax; jmp .
+        let (code, err) =
+            run_raw("debug-port", &[0xb8, a[0], a[1], a[2], a[3], 0x66, 0xba, 0x04, 0x06, 0xef, 0xeb, 0xfe]);
+        assert_eq!(code, 1, "{err}");
+        assert_one_error_line(&err, "Invalid guest port access: port=0x604, size=4, direction=out");
+    }
+}
+
 /// `hlt` with interrupts off at CPL 0: the vCPU would sleep forever; tender ends the run.
 #[test]
 fn kvm_hlt_exit_ends_the_run() {

@@ -67,6 +67,9 @@ pub struct Allowlist {
     /// Only in `tender-debug --gdb` runs: the debugger's connection (`read`, `write`, `recvfrom`),
     /// and the vCPU may also be written (`KVM_SET_REGS`, `KVM_SET_SREGS`, `KVM_SET_GUEST_DEBUG`).
     pub debugger_fd: Option<RawFd>,
+    /// Only in `tender-debug --gdb` runs: `/proc/self/mem`, opened before the filter, through
+    /// which `pwrite64` puts breakpoints into the guest's text (read-only on the host).
+    pub debugger_mem_fd: Option<RawFd>,
 }
 
 fn on_fd(fd: RawFd) -> SeccompRule {
@@ -127,7 +130,8 @@ impl Allowlist {
             add(libc::SYS_kill, vec![own_usr1]);
         }
         add(libc::SYS_pread64, fds(&self.block_fds));
-        let pwritable: Vec<RawFd> = self.block_fds.iter().chain(&self.exit_file_fds).copied().collect();
+        let pwritable: Vec<RawFd> =
+            self.block_fds.iter().chain(&self.exit_file_fds).chain(&self.debugger_mem_fd).copied().collect();
         add(libc::SYS_pwrite64, fds(&pwritable));
         if let Some(fd) = self.epoll_fd {
             add(libc::SYS_epoll_wait, fds(&[fd]));

@@ -9,23 +9,30 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
+/// Runs `cargo ARGS` in the workspace; the build must succeed.
+fn cargo_build(args: &[&str]) {
+    let out = Command::new(env!("CARGO")).args(args).current_dir(workspace_root()).output().expect("run cargo build");
+    assert!(out.status.success(), "cargo {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
 /// Builds every guest in `examples/` (release, as users build them) once per test process and
 /// returns the path of the ELF `name`.
 pub fn guest(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--workspace", "--bins"])
-            .current_dir(workspace_root())
-            .output()
-            .expect("run cargo build for the guests");
-        assert!(out.status.success(), "building the guests failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    });
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
-    let path = target.join("release").join(name);
+    BUILT.get_or_init(|| cargo_build(&["build", "--release", "--workspace", "--bins"]));
+    let path = target_dir().join("release").join(name);
     assert!(path.is_file(), "guest ELF {} missing", path.display());
     path
+}
+
+/// The guest `name` built with the `debug-guest` profile (symbols and frame info, for gdb).
+pub fn debug_guest(name: &str) -> PathBuf {
+    cargo_build(&["build", "--profile", "debug-guest", "-p", name]);
+    target_dir().join("debug-guest").join(name)
 }
 
 /// Tests boot real VMs: without /dev/kvm they must fail, loudly, not pass.
