@@ -12,6 +12,16 @@ use std::process::ExitCode;
 
 use tender::{cli, front};
 
+/// What `tender-debug --help` adds to tender's help.
+const GDB_HELP: &str = "
+tender-debug adds (before KERNEL):
+      --gdb[=PORT]       Wait for gdb on 127.0.0.1:PORT (default 1234; 0 picks a free port) before
+                         the guest's first instruction; the port is printed on stderr
+      --gdb-port=N       The port, as solo5-hvt-debug spells it (with --gdb)
+With --gdb: gdb's kill ends the run with status 1; detach or a lost connection lets the guest run
+to its own end. Without --gdb, tender-debug runs exactly as tender.
+";
+
 /// solo5-hvt-debug's default port.
 const DEFAULT_PORT: u16 = 1234;
 
@@ -56,7 +66,9 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return front::fail(&e),
     };
+    let help = args.iter().take_while(|a| *a != "--" && a.starts_with('-')).any(|a| a == "--help" || a == "-h");
     let mut command = match cli::parse(args) {
+        Ok(cli::Command::Info(text)) if help => cli::Command::Info(text + GDB_HELP),
         Ok(c) => c,
         Err(e) => return front::fail(&e.to_string()),
     };

@@ -151,29 +151,17 @@ impl Debugger {
         let step = self.resume == Some(Resume::Step);
         if let Source::Area(gpa) = self.source {
             // Back through the guest's handler: rip, registers and TF from the area.
-            let rip = self.area.rip;
-            self.lifted = None;
-            if let Some(&(addr, orig)) = self.int3s.iter().find(|(a, _)| *a == rip) {
-                self.poke(addr, orig)?;
-                self.lifted = Some((addr, orig));
-            }
-            let tf = step || self.lifted.is_some();
-            self.area.rflags = if tf { self.area.rflags | RFLAGS_TF } else { self.area.rflags & !RFLAGS_TF };
+            self.area.rflags = self.lift_for_step(self.area.rip, self.area.rflags, step)?;
             self.ram.write_arg(gpa, self.area).map_err(|_| DebugError::Area(gpa))?;
             return self.arm(vcpu, false, false);
         }
         if self.cooperative() {
-            // Stopped at CPL 3 by Ctrl-C or at a hypercall: the guest's own #DB steps it.
-            let tf = step || self.int3s.iter().any(|(a, _)| *a == self.regs.rip);
-            let rflags = if tf { self.regs.rflags | RFLAGS_TF } else { self.regs.rflags & !RFLAGS_TF };
+            // Stopped at CPL 3 by Ctrl-C or at a hypercall: the guest's own #DB steps it, over
+            // the original instruction if an int3 sits at rip.
+            let rflags = self.lift_for_step(self.regs.rip, self.regs.rflags, step)?;
             if rflags != self.regs.rflags {
                 self.regs.rflags = rflags;
                 self.regs_dirty = true;
-            }
-            if tf && !step {
-                let (addr, orig) = *self.int3s.iter().find(|(a, _)| *a == self.regs.rip).unwrap_or(&(0, 0));
-                self.poke(addr, orig)?;
-                self.lifted = Some((addr, orig));
             }
         }
         if self.regs_dirty {
@@ -183,6 +171,16 @@ impl Debugger {
         let kvm_step = step && !self.cooperative();
         self.stepping_over = !step && self.breaks_at(self.regs.rip);
         self.arm(vcpu, kvm_step || self.stepping_over, self.stepping_over)
+    }
+
+    /// Lifts an int3 at `rip` for one step over the original instruction; returns `rflags` with TF
+    /// set if the guest's own #DB must stop it after one instruction (a step, or that lift).
+    fn lift_for_step(&mut self, rip: u64, rflags: u64, step: bool) -> Result<u64, DebugError> {
+        self.lifted = self.int3s.iter().find(|(a, _)| *a == rip).copied();
+        if let Some((addr, orig)) = self.lifted {
+            self.poke(addr, orig)?;
+        }
+        Ok(if step || self.lifted.is_some() { rflags | RFLAGS_TF } else { rflags & !RFLAGS_TF })
     }
 
     /// Did gdb ask for a step that the guest's own #DB carries out (a CPL 3 step)?

@@ -282,6 +282,10 @@ fn tender_debug_without_gdb_runs_as_tender() {
     let (code, out, err) = decode(out);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Hello, world!"));
+    let help = Command::new(tender_debug()).arg("--help").output().unwrap();
+    let (code, text, _) = decode(help);
+    assert_eq!(code, 0);
+    assert!(text.contains("--gdb[=PORT]") && text.contains("--gdb-port=N"), "{text}");
 }
 
 /// `examples/gdbtarget` with symbols and frame info.

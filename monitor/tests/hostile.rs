@@ -48,6 +48,7 @@
 //! | `cpl0-hlt` | the same deputy trick plants a DPL 3 #BP gate to our code; `int3` runs it at CPL 0: `hlt` | refused: `guest halted the CPU (hlt)` |
 //! | `cpl0-port-0x500`, `cpl0-port-0x4ff` | at CPL 0: `outl` to 0x500 (hypercall 0), to 0x4ff | refused: `Invalid guest hypercall: num=0`; `Invalid guest port access: port=0x4ff, size=4` |
 //! | `cpl0-mmio-read`, `cpl0-mmio-write` | at CPL 0: map GPA 0xffe00000 (no RAM there) and load / store | refused: `guest access to unmapped or read-only memory: read/write at gpa=0xffe00000` |
+//! | raw CPL 0 ELF: `outl` to tender's debug port 0x604 with a forged debug-area pointer (in text, at 2^32 − 16) | only `tender-debug --gdb` serves that port | refused: `Invalid guest port access: port=0x604, size=4, direction=out` (under `--gdb`, forged areas end the run the same way: `monitor/tests/debug.rs`) |
 //! | raw CPL 0 ELF: `hlt`; `lidt` of an empty IDT + `int3` | written by the test, no guest-rt | refused: `guest halted the CPU (hlt)`; triple fault as above |
 //! | `loop`, `poll-forever` | busy loop; POLL with a 2^64 − 1 ns timeout | `--timeout=1`: `guest still running after --timeout=1s, stopped`, 1; SIGTERM / SIGINT: `exiting on signal 15` / `2`, 1 |
 //! | net `oversize-frame`, `short-frame`, `empty-frame`, `huge-frame` | NET_WRITE of MTU + 15, 13, 0, 2^64 − 1 bytes | EINVAL, answered |
