@@ -574,3 +574,18 @@ impl HwWatchpoint for Debugger {
         Ok(self.remove_slot(addr, SlotKind::Watch(kind, len)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dr7_enable_type_and_length() {
+        assert_eq!(dr7_bits(0, SlotKind::Break), 0b1);
+        assert_eq!(dr7_bits(3, SlotKind::HwBreak), 1 << 6);
+        // Slot 1, write, 4 bytes: L1 (bit 2), R/W1 = 01 (bits 20-21), LEN1 = 11 (bits 22-23).
+        assert_eq!(dr7_bits(1, SlotKind::Watch(WatchKind::Write, 4)), (1 << 2) | (0b01 << 20) | (0b11 << 22));
+        // Slot 2, access, 8 bytes: L2 (bit 4), R/W2 = 11 (bits 24-25), LEN2 = 10 (bits 26-27).
+        assert_eq!(dr7_bits(2, SlotKind::Watch(WatchKind::ReadWrite, 8)), (1 << 4) | (0b11 << 24) | (0b10 << 26));
+    }
+}
