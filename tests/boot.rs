@@ -268,6 +268,14 @@ fn broken_elfs_are_rejected_with_one_line() {
             "WRITE and EXEC",
         ),
         (
+            "no-access",
+            |i| {
+                let (at, _) = i.first_load(false);
+                i.put_u32(at + 4, 0);
+            },
+            "grants no access",
+        ),
+        (
             "outside-memory",
             |i| {
                 let (at, _) = i.first_load(true);

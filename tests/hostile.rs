@@ -48,6 +48,7 @@
 //! | `cpl0-hlt` | the same deputy trick plants a DPL 3 #BP gate to our code; `int3` runs it at CPL 0: `hlt` | refused: `guest halted the CPU (hlt)` |
 //! | `cpl0-port-0x500`, `cpl0-port-0x4ff` | at CPL 0: `outl` to 0x500 (hypercall 0), to 0x4ff | refused: `Invalid guest hypercall: num=0`; `Invalid guest port access: port=0x4ff, size=4` |
 //! | `cpl0-mmio-read`, `cpl0-mmio-write` | at CPL 0: map GPA 0xffe00000 (no RAM there) and load / store | refused: `guest access to unmapped or read-only memory: read/write at gpa=0xffe00000` |
+//! | raw CPL 0 ELF: `outl` to tender's debug port 0x604 with a forged debug-area pointer (in text, at 2^32 − 16) | only `tender-debug --gdb` serves that port | refused: `Invalid guest port access: port=0x604, size=4, direction=out` (under `--gdb`, forged areas end the run the same way: `monitor/tests/debug.rs`) |
 //! | raw CPL 0 ELF: `hlt`; `lidt` of an empty IDT + `int3` | written by the test, no guest-rt | refused: `guest halted the CPU (hlt)`; triple fault as above |
 //! | `loop`, `poll-forever` | busy loop; POLL with a 2^64 − 1 ns timeout | `--timeout=1`: `guest still running after --timeout=1s, stopped`, 1; SIGTERM / SIGINT: `exiting on signal 15` / `2`, 1 |
 //! | net `oversize-frame`, `short-frame`, `empty-frame`, `huge-frame` | NET_WRITE of MTU + 15, 13, 0, 2^64 − 1 bytes | EINVAL, answered |
@@ -440,53 +441,8 @@ fn cpl0_only_exits_reached_through_the_tender_end_the_run() {
     }
 }
 
-/// A minimal hvt ELF around `code` (loaded at 0x100000, entered at CPL 0 as the ABI starts
-/// every guest), with the ABI note and an empty manifest: for attacks that need CPL 0, without
-/// guest-rt.
 fn raw_cpl0_kernel(code: &[u8]) -> Vec<u8> {
-    let mut f = vec![0u8; 0x1000];
-    let put = |f: &mut Vec<u8>, at: usize, b: &[u8]| f[at..at + b.len()].copy_from_slice(b);
-    // ELF header.
-    put(&mut f, 0, b"\x7fELF\x02\x01\x01");
-    put(&mut f, 16, &2u16.to_le_bytes()); // ET_EXEC
-    put(&mut f, 18, &62u16.to_le_bytes()); // EM_X86_64
-    put(&mut f, 20, &1u32.to_le_bytes());
-    put(&mut f, 24, &0x10_0000u64.to_le_bytes()); // entry
-    put(&mut f, 32, &64u64.to_le_bytes()); // phoff
-    put(&mut f, 52, &64u16.to_le_bytes());
-    put(&mut f, 54, &56u16.to_le_bytes());
-    put(&mut f, 56, &3u16.to_le_bytes()); // phnum
-    // Notes at 0x100 (ABI) and 0x128 (manifest with the reserved entry only).
-    let abi_note: Vec<u8> = [6u32, 16, guest_abi::NOTE_TYPE_ABI]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .chain(*b"Solo5\0\0\0")
-        .chain([1u32, 2, 0, 0].iter().flat_map(|v| v.to_le_bytes()))
-        .collect();
-    put(&mut f, 0x100, &abi_note);
-    let mut mft_note: Vec<u8> = [6u32, 4 + 8 + 104, guest_abi::NOTE_TYPE_MANIFEST]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .chain(*b"Solo5\0\0\0")
-        .chain([0u32, 1, 1].iter().flat_map(|v| v.to_le_bytes()))
-        .collect();
-    let mut entry = vec![0u8; 104];
-    entry[68..72].copy_from_slice(&guest_abi::MFT_RESERVED_FIRST.to_le_bytes());
-    mft_note.extend_from_slice(&entry);
-    put(&mut f, 0x128, &mft_note);
-    // Program headers: PT_LOAD (R+X) of the code, then the two PT_NOTEs.
-    let phdr = |ty: u32, flags: u32, off: u64, vaddr: u64, size: u64, align: u64| -> Vec<u8> {
-        [ty, flags]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .chain([off, vaddr, vaddr, size, size, align].iter().flat_map(|v| v.to_le_bytes()))
-            .collect()
-    };
-    put(&mut f, 64, &phdr(1, 5, 0x1000, 0x10_0000, code.len() as u64, 0x1000));
-    put(&mut f, 120, &phdr(4, 4, 0x100, 0, abi_note.len() as u64, 4));
-    put(&mut f, 176, &phdr(4, 4, 0x128, 0, mft_note.len() as u64, 8));
-    f.extend_from_slice(code);
-    f
+    raw_kernel(code, &[])
 }
 
 fn run_raw(tag: &str, code: &[u8]) -> (i32, String) {
@@ -496,6 +452,20 @@ fn run_raw(tag: &str, code: &[u8]) -> (i32, String) {
     let output = tender().args(["--mem=8", kernel.to_str().unwrap()]).output().unwrap();
     let code = status_of(tag, &output);
     (code, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// tender's debug port exists only under `tender-debug --gdb`: elsewhere, a forged report there
+/// is an unknown port (guest-abi TENDER_DEBUG_PORT).
+#[test]
+fn the_debug_port_without_a_debugger_ends_the_run() {
+    for area in [0x10_0100u32, 0xffff_fff0] {
+        let a = area.to_le_bytes();
+        // mov eax, area; mov dx, 0x604; out dx, eax; jmp .
+        let (code, err) =
+            run_raw("debug-port", &[0xb8, a[0], a[1], a[2], a[3], 0x66, 0xba, 0x04, 0x06, 0xef, 0xeb, 0xfe]);
+        assert_eq!(code, 1, "{err}");
+        assert_one_error_line(&err, "Invalid guest port access: port=0x604, size=4, direction=out");
+    }
 }
 
 /// `hlt` with interrupts off at CPL 0: the vCPU would sleep forever; tender ends the run.

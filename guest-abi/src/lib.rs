@@ -220,6 +220,11 @@ pub const TENDER_FEATURE_BLOCK_RING: u32 = 1 << 31;
 /// `_start` then jumps straight to its Rust start.
 pub const TENDER_FEATURE_PROCESS: u32 = 1 << 30;
 
+/// `host_features` bit, a tender extension set only by `tender-debug --gdb`: a debugger is
+/// attached, and the guest may register a [`DebugArea`] at [`TENDER_DEBUG_PORT`] so that its
+/// CPL 3 code can be debugged through its own #BP and #DB handlers.
+pub const TENDER_FEATURE_DEBUG: u32 = 1 << 29;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BootInfo {
@@ -233,6 +238,42 @@ pub struct BootInfo {
     pub host_features: u32,
     pub guest_features: u32,
     pub net_ring: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Debugging (tender extension, only with TENDER_FEATURE_DEBUG)
+// ---------------------------------------------------------------------------------------------
+
+/// An `outl` of a [`DebugArea`]'s GPA to this port reports to the debugger. Without
+/// [`TENDER_FEATURE_DEBUG`] it is an unknown port: the run ends (exit 1).
+pub const TENDER_DEBUG_PORT: u16 = 0x604;
+/// `DebugArea::op`: register the area (once, at boot, from CPL 3).
+pub const DEBUG_OP_REGISTER: u64 = 1;
+/// `DebugArea::op`: a #BP or #DB trap, the interrupted context saved in the area. The debugger
+/// may change it; the handler returns to what the area holds when the `outl` completes.
+pub const DEBUG_OP_TRAP: u64 = 2;
+/// `DebugArea::magic`: "TNDDBG01".
+pub const DEBUG_AREA_MAGIC: u64 = u64::from_le_bytes(*b"TNDDBG01");
+
+/// The context of a trapped CPL 3 instruction, as the guest's #BP/#DB handler saved it, and what
+/// the guest tells the debugger at registration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DebugArea {
+    pub magic: u64,
+    pub op: u64,
+    /// 1 (#DB) or 3 (#BP).
+    pub vector: u64,
+    /// Code below this address runs at CPL 0 (entry and trap stubs): never a place for an `int3`.
+    pub cpl0_text_end: u64,
+    /// rax, rbx, rcx, rdx, rsi, rdi, rbp, r8 to r15 (rsp is in the frame).
+    pub gprs: [u64; 15],
+    /// The hardware frame: rip (after the `int3` for #BP), cs, rflags, rsp, ss.
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,6 +546,7 @@ const _: () = {
     assert!(size_of::<TrapReport>() == 72 && size_of::<TrapReport>() as u64 <= HALT_COOKIE_MAX);
 
     assert!(size_of::<BootInfo>() == 56);
+    assert!(size_of::<DebugArea>() == 192);
     assert!(offset_of!(BootInfo, kernel_end) == 8);
     assert!(offset_of!(BootInfo, cpu_cycle_freq) == 16);
     assert!(offset_of!(BootInfo, cmdline) == 24);

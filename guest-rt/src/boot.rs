@@ -38,6 +38,9 @@ mod entry {
     extern "C" fn rt_start(boot: *mut BootInfo) -> ! {
         super::BOOT_INFO.store(boot, core::sync::atomic::Ordering::Relaxed);
         let info = super::boot_info();
+        if info.host_features & guest_abi::TENDER_FEATURE_DEBUG != 0 {
+            crate::trap::register_debug();
+        }
         crate::time::init(info.cpu_cycle_freq);
         crate::heap::init(info.mem_size);
         crate::exit(__guest_rt_main())

@@ -12,7 +12,7 @@ use core::ptr;
 
 use guest_abi::{
     BOOT_GDT_CODE_SEL, BOOT_GDT_DATA_SEL, BOOT_INFO_GPA, GUEST_MIN_BASE, Hypercall, MEM_ALIGN, MEM_MAX,
-    NET_RING_KICK_PORT, PTE_PRESENT, PTE_PS, PTE_RW, PTE_USER,
+    NET_RING_KICK_PORT, PTE_PRESENT, PTE_PS, PTE_RW, PTE_USER, TENDER_DEBUG_PORT,
 };
 
 pub(crate) const PAGE_SIZE: u64 = 0x1000;
@@ -134,7 +134,7 @@ pub(crate) const fn gdt() -> [u64; GDT_ENTRIES] {
 // ---------------------------------------------------------------------------------------------
 
 /// The bitmap must reach the last byte of the highest open port (a 4-byte `outl`).
-const IO_PORT_END: usize = NET_RING_KICK_PORT as usize + 4;
+const IO_PORT_END: usize = TENDER_DEBUG_PORT as usize + 4;
 const IO_BITMAP_BYTES: usize = IO_PORT_END.div_ceil(8);
 
 #[repr(C, packed(4))]
@@ -155,7 +155,8 @@ pub(crate) const TSS_LIMIT: usize = offset_of!(Tss, io_bitmap) + IO_BITMAP_BYTES
 pub(crate) const TSS_RSP0: usize = offset_of!(Tss, rsp);
 pub(crate) const TSS_IST1: usize = offset_of!(Tss, ist) + (TRAP_IST as usize - 1) * 8;
 
-/// Opens exactly the bytes an `outl` touches on each hypercall port and on the net-ring kick port.
+/// Opens exactly the bytes an `outl` touches on each hypercall port, on the net-ring kick port and
+/// on tender's debug port (used only when a debugger is attached: the tender refuses it otherwise).
 pub(crate) const fn io_bitmap() -> [u8; IO_BITMAP_BYTES + 1] {
     const fn open(map: &mut [u8; IO_BITMAP_BYTES + 1], port: u16) {
         let mut p = port as usize;
@@ -173,6 +174,7 @@ pub(crate) const fn io_bitmap() -> [u8; IO_BITMAP_BYTES + 1] {
         nr += 1;
     }
     open(&mut map, NET_RING_KICK_PORT);
+    open(&mut map, TENDER_DEBUG_PORT);
     map
 }
 
@@ -269,12 +271,12 @@ mod tests {
     }
 
     #[test]
-    fn io_bitmap_opens_exactly_the_hypercall_and_kick_ports() {
+    fn io_bitmap_opens_exactly_the_hypercall_kick_and_debug_ports() {
         let map = io_bitmap();
         assert_eq!(map.len(), 0xC1 + 1);
         assert_eq!(*map.last().unwrap(), 0xFF);
         let open: Vec<usize> = (0..IO_BITMAP_BYTES * 8).filter(|&p| port_open(&map, p)).collect();
-        let expected: Vec<usize> = (0x501..=0x50B).chain(0x600..=0x603).collect();
+        let expected: Vec<usize> = (0x501..=0x50B).chain(0x600..=0x607).collect();
         assert_eq!(open, expected);
     }
 

@@ -41,10 +41,16 @@ pub(crate) fn format_report(out: &mut impl core::fmt::Write, r: &guest_abi::Trap
 }
 
 #[cfg(not(test))]
+pub(crate) use handler::register_debug;
+
+#[cfg(not(test))]
 mod handler {
     use core::mem::offset_of;
 
-    use guest_abi::{HcHalt, Hypercall, SOLO5_EXIT_ABORT, TRAP_REPORT_MAGIC, TrapFrame, TrapReport, X86_RFLAGS_INIT};
+    use guest_abi::{
+        DEBUG_AREA_MAGIC, DEBUG_OP_REGISTER, DEBUG_OP_TRAP, DebugArea, HcHalt, Hypercall, SOLO5_EXIT_ABORT,
+        TENDER_DEBUG_PORT, TRAP_REPORT_MAGIC, TrapFrame, TrapReport, X86_RFLAGS_INIT,
+    };
 
     use crate::cpu;
 
@@ -58,6 +64,41 @@ mod handler {
     static mut TRAP_BUSY: u8 = 0;
     /// The HALT argument of a fault while reporting.
     static mut TRAP_HALT: HcHalt = HcHalt { cookie: 0, exit_status: 0, _pad: 0 };
+
+    /// Where the #BP and #DB handlers save the interrupted context for the debugger (tender's
+    /// debug extension). Not user-accessible memory would do too; plain `.bss` keeps it simple.
+    static mut DEBUG_AREA: DebugArea = DebugArea {
+        magic: 0,
+        op: 0,
+        vector: 0,
+        cpl0_text_end: 0,
+        gprs: [0; 15],
+        rip: 0,
+        cs: 0,
+        rflags: 0,
+        rsp: 0,
+        ss: 0,
+    };
+    /// Non-zero once the debugger knows the area: #BP and #DB then go to it instead of aborting.
+    static mut DEBUG_ON: u8 = 0;
+
+    unsafe extern "C" {
+        /// End of the code that runs at CPL 0 (the linker script puts it first).
+        static __guest_rt_cpl0_text_end: u8;
+    }
+
+    /// Tells the debugger where the area is (only when the tender offers TENDER_FEATURE_DEBUG).
+    pub(crate) fn register_debug() {
+        let area = &raw mut DEBUG_AREA;
+        // SAFETY: one CPL 3 thread; nothing else touches the area before DEBUG_ON is set.
+        unsafe {
+            (*area).magic = DEBUG_AREA_MAGIC;
+            (*area).op = DEBUG_OP_REGISTER;
+            (*area).cpl0_text_end = (&raw const __guest_rt_cpl0_text_end) as u64;
+            core::arch::asm!("out dx, eax", in("dx") TENDER_DEBUG_PORT, in("eax") area as u64 as u32, options(nostack, preserves_flags));
+            (&raw mut DEBUG_ON).write_volatile(1);
+        }
+    }
 
     const REPORT_STACK_SIZE: usize = 16 * 1024;
     #[repr(C, align(16))]
@@ -98,7 +139,13 @@ __guest_rt_trap_stubs:
         .org __guest_rt_trap_stubs + {vectors} * {stub_size}, 0xCC
 
 __guest_rt_trap_common:
-        cmpb $0, {busy}(%rip)
+        cmpb $0, {debug_on}(%rip)
+        je 4f
+        cmpq $1, (%rsp)
+        je __guest_rt_debug_trap
+        cmpq $3, (%rsp)
+        je __guest_rt_debug_trap
+4:      cmpb $0, {busy}(%rip)
         jne 1f
         movb $1, {busy}(%rip)
         lea {report}(%rip), %rdi
@@ -121,6 +168,57 @@ __guest_rt_trap_common:
         pushq ${user_cs}
         lea {reporter}(%rip), %rax
         pushq %rax
+        iretq
+
+        // #BP or #DB with a debugger attached: save the context, report, return to what the
+        // debugger left in the area (it may have moved rip back over the int3, or set TF).
+__guest_rt_debug_trap:
+        mov %rax, {dbg}+{g0}(%rip)
+        mov %rbx, {dbg}+{g0}+8(%rip)
+        mov %rcx, {dbg}+{g0}+16(%rip)
+        mov %rdx, {dbg}+{g0}+24(%rip)
+        mov %rsi, {dbg}+{g0}+32(%rip)
+        mov %rdi, {dbg}+{g0}+40(%rip)
+        mov %rbp, {dbg}+{g0}+48(%rip)
+        mov %r8, {dbg}+{g0}+56(%rip)
+        mov %r9, {dbg}+{g0}+64(%rip)
+        mov %r10, {dbg}+{g0}+72(%rip)
+        mov %r11, {dbg}+{g0}+80(%rip)
+        mov %r12, {dbg}+{g0}+88(%rip)
+        mov %r13, {dbg}+{g0}+96(%rip)
+        mov %r14, {dbg}+{g0}+104(%rip)
+        mov %r15, {dbg}+{g0}+112(%rip)
+        popq {dbg}+{dvector}(%rip)
+        add $8, %rsp
+        popq {dbg}+{drip}(%rip)
+        popq {dbg}+{dcs}(%rip)
+        popq {dbg}+{drflags}(%rip)
+        popq {dbg}+{drsp}(%rip)
+        popq {dbg}+{dss}(%rip)
+        movq ${op_trap}, {dbg}+{dop}(%rip)
+        lea {dbg}(%rip), %rax
+        mov ${debug_port}, %dx
+        outl %eax, %dx
+        pushq {dbg}+{dss}(%rip)
+        pushq {dbg}+{drsp}(%rip)
+        pushq {dbg}+{drflags}(%rip)
+        pushq {dbg}+{dcs}(%rip)
+        pushq {dbg}+{drip}(%rip)
+        mov {dbg}+{g0}(%rip), %rax
+        mov {dbg}+{g0}+8(%rip), %rbx
+        mov {dbg}+{g0}+16(%rip), %rcx
+        mov {dbg}+{g0}+24(%rip), %rdx
+        mov {dbg}+{g0}+32(%rip), %rsi
+        mov {dbg}+{g0}+40(%rip), %rdi
+        mov {dbg}+{g0}+48(%rip), %rbp
+        mov {dbg}+{g0}+56(%rip), %r8
+        mov {dbg}+{g0}+64(%rip), %r9
+        mov {dbg}+{g0}+72(%rip), %r10
+        mov {dbg}+{g0}+80(%rip), %r11
+        mov {dbg}+{g0}+88(%rip), %r12
+        mov {dbg}+{g0}+96(%rip), %r13
+        mov {dbg}+{g0}+104(%rip), %r14
+        mov {dbg}+{g0}+112(%rip), %r15
         iretq
 
 1:      lea {halt}(%rip), %rax
@@ -154,6 +252,18 @@ __guest_rt_trap_common:
         abort = const SOLO5_EXIT_ABORT,
         halt_port = const Hypercall::Halt.port(),
         busy = sym TRAP_BUSY,
+        debug_on = sym DEBUG_ON,
+        dbg = sym DEBUG_AREA,
+        g0 = const offset_of!(DebugArea, gprs),
+        dvector = const offset_of!(DebugArea, vector),
+        dop = const offset_of!(DebugArea, op),
+        drip = const offset_of!(DebugArea, rip),
+        dcs = const offset_of!(DebugArea, cs),
+        drflags = const offset_of!(DebugArea, rflags),
+        drsp = const offset_of!(DebugArea, rsp),
+        dss = const offset_of!(DebugArea, ss),
+        op_trap = const DEBUG_OP_TRAP,
+        debug_port = const TENDER_DEBUG_PORT,
         report = sym TRAP_REPORT,
         halt = sym TRAP_HALT,
         stack = sym REPORT_STACK,

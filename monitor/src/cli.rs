@@ -9,10 +9,11 @@ use guest_abi::{ABI_VERSION, MFT_NAME_MAX};
 
 use crate::config::{BlockSpec, Config, Mode, NetSpec, parse_mem_mib};
 use crate::devices::net::{TapSource, parse_mac};
+use crate::inspect::{Format, Query};
 use crate::sandbox::SeccompMode;
 
 /// Options that take a value, which may be the next argument (`--mem 512`).
-const VALUE_OPTIONS: [&str; 10] =
+pub const VALUE_OPTIONS: [&str; 10] =
     ["--mode", "--mem", "--net", "--block", "--seccomp", "--dumpcore", "--report", "--timeout", "--user", "--chroot"];
 
 #[derive(Parser, Debug)]
@@ -29,6 +30,9 @@ const VALUE_OPTIONS: [&str; 10] =
       --net-mac:NAME=xx:xx:xx:xx:xx:xx  MAC address of NAME (default: random, locally administered)
 
 Everything after KERNEL is passed to the guest as its command line.
+`tender inspect [--abi] [--format=json|text] KERNEL` prints what KERNEL declares, without running
+it (`tender inspect --help`); a kernel file named `inspect` runs as `tender -- inspect`.
+To debug a unikernel with gdb, run it with `tender-debug --gdb[=PORT]` (see the README).
 Exit status: the guest's status when it exits (255 when it aborts or faults); 1 when tender
 reports an error (a host fault during the run too: a block file that fails, a tap that goes
 away, a closed stdout), the guest breaks the ABI, or tender is stopped by SIGINT, SIGTERM or
@@ -81,6 +85,28 @@ struct Cli {
     kernel: Option<PathBuf>,
 }
 
+/// `tender inspect`: the manifest or ABI of an ELF, as solo5-elftool prints them.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tender inspect",
+    about = "Print what a unikernel declares (its manifest, or with --abi its ABI), without running it.",
+    override_usage = "tender inspect [--abi] [--format=json|text] KERNEL",
+    disable_version_flag = true,
+    after_help = "The JSON is what `solo5-elftool query-manifest` (or `query-abi`) prints for the same ELF.
+Exit status: 0, or 1 with one line on stderr when KERNEL is not a valid hvt unikernel."
+)]
+struct InspectCli {
+    /// Print the ABI target and version instead of the manifest
+    #[arg(long)]
+    abi: bool,
+    /// json (default, solo5-elftool's) or text (for people)
+    #[arg(long, value_name = "json|text", default_value = "json")]
+    format: Format,
+    /// The unikernel ELF
+    #[arg(value_name = "KERNEL")]
+    kernel: PathBuf,
+}
+
 /// What the command line asks for.
 // One per process: boxing the config would only add an indirection.
 #[allow(clippy::large_enum_variant)]
@@ -90,6 +116,8 @@ pub enum Command {
     Run { config: Config, warnings: Vec<String>, report: Option<String> },
     /// Text for stdout, exit 0.
     Info(String),
+    /// `tender inspect`: print what `kernel` declares.
+    Inspect { kernel: PathBuf, query: Query, format: Format },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -134,8 +162,28 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
     })
 }
 
+/// A clap error as one line, or the help text it carries.
+fn from_clap(e: clap::Error) -> Result<Command, CliError> {
+    if e.kind() == clap::error::ErrorKind::DisplayHelp {
+        return Ok(Command::Info(e.render().to_string()));
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid command line");
+    Err(CliError(first.trim_start_matches("error: ").to_string()))
+}
+
 fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
     let args: Vec<String> = args.into_iter().collect();
+    // Only as the very first word: `tender -- inspect` and `tender ./inspect` run a kernel file
+    // of that name.
+    if args.first().is_some_and(|a| a == "inspect") {
+        let cli = match InspectCli::try_parse_from(&args) {
+            Ok(cli) => cli,
+            Err(e) => return from_clap(e),
+        };
+        let query = if cli.abi { Query::Abi } else { Query::Manifest };
+        return Ok(Command::Inspect { kernel: cli.kernel, query, format: cli.format });
+    }
     let mut for_clap = vec!["tender".to_string()];
     let mut named: Vec<Named<'_>> = Vec::new();
     let mut guest_args: &[String] = &[];
@@ -153,6 +201,11 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErr
             for_clap.push(arg.clone());
             guest_args = &args[i + 1..];
             break;
+        }
+        if arg == "--gdb" || arg.starts_with("--gdb=") || arg.starts_with("--gdb-port") {
+            return Err(CliError(format!(
+                "{arg}: the GDB stub is in tender-debug, not tender: run tender-debug {arg} ..."
+            )));
         }
         // `--KIND:NAME=VALUE`: a colon in the option's name, before any `=` (a colon in a value,
         // as in `--report=/tmp/a:b`, is just part of the value).
@@ -174,14 +227,7 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErr
 
     let cli = match Cli::try_parse_from(&for_clap) {
         Ok(cli) => cli,
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
-            return Ok(Command::Info(e.render().to_string()));
-        }
-        Err(e) => {
-            let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid command line");
-            return Err(CliError(first.trim_start_matches("error: ").to_string()));
-        }
+        Err(e) => return from_clap(e),
     };
     if cli.version {
         return Ok(Command::Info(format!(
@@ -276,8 +322,21 @@ mod tests {
     fn run(args: &[&str]) -> Result<Config, CliError> {
         match parse(args.iter().map(|s| s.to_string()))? {
             Command::Run { config, .. } => Ok(config),
-            Command::Info(t) => Err(CliError(t)),
+            other => Err(CliError(format!("{other:?}"))),
         }
+    }
+
+    #[test]
+    fn inspect_is_a_command_only_as_the_first_word() {
+        let parsed = parse(["inspect", "--abi", "--format=text", "k"].map(String::from)).unwrap();
+        assert_eq!(parsed, Command::Inspect { kernel: "k".into(), query: Query::Abi, format: Format::Text });
+        let parsed = parse(["inspect", "k"].map(String::from)).unwrap();
+        assert_eq!(parsed, Command::Inspect { kernel: "k".into(), query: Query::Manifest, format: Format::Json });
+        assert_eq!(run(&["--", "inspect", "x"]).unwrap().kernel, PathBuf::from("inspect"));
+        assert_eq!(run(&["./inspect"]).unwrap().kernel, PathBuf::from("./inspect"));
+        assert_eq!(run(&["--mem=8", "inspect"]).unwrap().kernel, PathBuf::from("inspect"));
+        assert!(parse(["inspect", "--format=xml", "k"].map(String::from)).unwrap_err().0.contains("xml"));
+        assert!(parse(["inspect"].map(String::from)).is_err());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct Config {
     pub chroot: Option<PathBuf>,
     /// `--unshare`: new mount, IPC and UTS namespaces before the guest runs.
     pub unshare: bool,
+    /// Set by `tender-debug --gdb` (no option of `tender`'s): advertise TENDER_FEATURE_DEBUG.
+    pub debugger: bool,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             user: None,
             chroot: None,
             unshare: false,
+            debugger: false,
         }
     }
 }

@@ -5,7 +5,9 @@
 
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::header::{EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_EXEC, Header};
-use goblin::elf::program_header::{PF_W, PF_X, PT_LOAD, PT_NOTE, ProgramHeader};
+use std::path::Path;
+
+use goblin::elf::program_header::{PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE, ProgramHeader};
 use guest_abi::{
     ABI_TARGET_HVT, ABI_VERSION, GUEST_MIN_BASE, NOTE_ABI_MAX_DESC, NOTE_HEADER_SIZE, NOTE_MANIFEST_MAX_DESC,
     NOTE_MANIFEST_PAD, NOTE_NAME, NOTE_TYPE_ABI, NOTE_TYPE_MANIFEST,
@@ -14,11 +16,16 @@ use guest_abi::{
 use crate::manifest::{Manifest, ManifestError};
 
 const PAGE_SIZE: u64 = 0x1000;
+/// Largest kernel file tender reads (it must fit in guest memory anyway).
+const MAX_KERNEL_FILE: u64 = guest_abi::MEM_MAX;
 /// Smallest note a PT_NOTE may hold without the executable being rejected (an Elf64_Nhdr).
 const NOTE_NHDR_SIZE: u64 = 12;
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ElfError {
+    /// The file cannot be read (missing, not a regular file, too large): the reason.
+    #[error("{0}")]
+    File(String),
     #[error("invalid executable: {0}")]
     Invalid(&'static str),
     #[error("invalid executable: phdr[{index}] {reason}")]
@@ -59,6 +66,19 @@ pub struct Kernel {
     /// Largest page-aligned end of a loaded segment (boot info `kernel_end`).
     pub kernel_end: u64,
     pub manifest: Manifest,
+}
+
+/// Reads a kernel file, refusing what cannot be one before reading it all.
+pub fn read_image(path: &Path) -> Result<Vec<u8>, ElfError> {
+    let io_err = |e: std::io::Error| ElfError::File(e.to_string());
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(ElfError::File("not a regular file".into()));
+    }
+    if meta.len() > MAX_KERNEL_FILE {
+        return Err(ElfError::File("file too large".into()));
+    }
+    std::fs::read(path).map_err(io_err)
 }
 
 impl Kernel {
@@ -213,6 +233,11 @@ fn check_segments(image: &[u8], phdrs: &[ProgramHeader], mem_size: u64) -> Resul
         };
         if start % PAGE_SIZE != 0 || end % PAGE_SIZE != 0 {
             return fail("is not page aligned");
+        }
+        // solo5-hvt maps such a segment inaccessible and the guest dies on its first access;
+        // tender would silently have made it readable. Neither is what the ELF asks for.
+        if ph.p_flags & (PF_R | PF_W | PF_X) == 0 {
+            return fail("grants no access (p_flags has none of R, W, X)");
         }
         if ph.p_flags & PF_W != 0 && ph.p_flags & PF_X != 0 {
             return fail("requests WRITE and EXEC permissions");

@@ -8,7 +8,8 @@
 use std::fmt;
 
 use guest_abi::{
-    BootInfo, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, NetRingCommit, NetRingEntry, TrapFrame, TrapReport,
+    BootInfo, DebugArea, HcBlock, HcHalt, HcNet, HcPoll, HcPuts, HcWalltime, NetRingCommit, NetRingEntry, TrapFrame,
+    TrapReport,
 };
 use vm_memory::{
     ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
@@ -76,7 +77,8 @@ abi_pod!(
     TrapFrame,
     TrapReport,
     NetRingEntry,
-    NetRingCommit
+    NetRingCommit,
+    DebugArea
 );
 
 /// Guest RAM: one anonymous, zero-filled mapping, at GPA 0 for a VM, or at host address `base`

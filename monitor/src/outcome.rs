@@ -22,6 +22,8 @@ pub enum RunEnd {
     Signal(i32),
     /// `--timeout` seconds passed.
     Timeout(u64),
+    /// A debugger attached with `tender-debug --gdb` killed the guest.
+    Killed,
 }
 
 /// A CPU exception the guest's runtime reported at HALT.

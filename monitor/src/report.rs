@@ -122,6 +122,7 @@ impl ReportFile {
             Ending::Run(RunEnd::Timeout(secs)) => {
                 let _ = write!(b, "{{\"kind\":\"timeout\",\"seconds\":{secs}}}");
             }
+            Ending::Run(RunEnd::Killed) => b.push_str("{\"kind\":\"killed\"}"),
         }
         let code = match end {
             Ending::Run(e) => e.exit_code(),
@@ -165,7 +166,8 @@ pub enum Ending<'a> {
     Setup(&'a str),
 }
 
-fn json_string(b: &mut String, s: &str) {
+/// Appends `s` as a JSON string literal.
+pub(crate) fn json_string(b: &mut String, s: &str) {
     b.push('"');
     for c in s.chars() {
         match c {

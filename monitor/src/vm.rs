@@ -7,7 +7,6 @@
 //! back into the guest's struct.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
 
 use std::time::Instant;
 
@@ -22,7 +21,7 @@ use crate::devices::Device;
 use crate::devices::poll::Poller;
 use crate::devices::ring::{Ring, RingFault, Target};
 use crate::dumpcore::CoreDump;
-use crate::elf::Kernel;
+use crate::elf::{self, Kernel};
 use crate::kvm::Machine;
 
 use crate::error::Error;
@@ -30,15 +29,13 @@ pub use crate::hypercalls::decode_out;
 use crate::hypercalls::{Hypercalls, Next};
 use crate::jail::Jail;
 use crate::memory::GuestRam;
+use crate::observe::{Control, Observer, Stop, Stopped};
 use crate::outcome::{GuestError, HypercallError, RunEnd};
 use crate::process::ProcessGuest;
 use crate::report::{DeviceStats, Stats};
 use crate::sandbox::{self, SeccompMode};
 use crate::signals;
 use tender_seccomp::Allowlist;
-
-/// Largest kernel file tender reads (it must fit in guest memory anyway).
-const MAX_KERNEL_FILE: u64 = guest_abi::MEM_MAX;
 
 /// What runs the guest's instructions.
 enum Cpu {
@@ -63,6 +60,8 @@ pub struct Vm {
     /// Files the caller still writes at exit (the report), kept open by the jail and allowed by
     /// the filter.
     exit_files: Vec<RawFd>,
+    /// `tender-debug --gdb`: advertise `TENDER_FEATURE_DEBUG` to the guest.
+    debugger: bool,
     seccomp: SeccompMode,
     timeout: Option<u64>,
     core: Option<CoreDump>,
@@ -76,8 +75,8 @@ impl Vm {
     /// Validates the kernel and the devices and builds the VM, ready to run.
     pub fn new(config: &Config) -> Result<Self, Error> {
         let started = Instant::now();
-        let image = read_kernel(&config.kernel)?;
         let elf_err = |source| Error::Elf { path: config.kernel.display().to_string(), source };
+        let image = elf::read_image(&config.kernel).map_err(elf_err)?;
         let kernel = Kernel::parse(&image, config.mem_bytes).map_err(elf_err)?;
         let cmdline = boot::guest_cmdline(&config.guest_args)?;
         let (devices, manifest) = attach_devices(config, &kernel.manifest)?;
@@ -134,6 +133,7 @@ impl Vm {
             ring_gpa: (total > limit).then_some(limit),
             boot_info: Some(layout.boot_info),
             exit_files: Vec::new(),
+            debugger: config.debugger,
             seccomp: config.seccomp,
             timeout: config.timeout,
             core,
@@ -147,7 +147,8 @@ impl Vm {
     /// only then the ring's I/O thread started, so that it runs inside every wall; the boot info
     /// is written once the ring's start is known, and the heap bounded last. `exit_files` are fds
     /// the caller will still write at exit (the report). Any error stops the start.
-    pub fn confine(&mut self, jail: &mut Jail, exit_files: &[RawFd]) -> Result<(), Error> {
+    /// `observer` (a debugger) may keep fds of its own open.
+    pub fn confine<O: Observer>(&mut self, jail: &mut Jail, exit_files: &[RawFd], observer: &O) -> Result<(), Error> {
         let Some(boot_info) = self.boot_info.take() else {
             return Ok(());
         };
@@ -155,7 +156,8 @@ impl Vm {
             core.start_linker()?;
         }
         self.exit_files = exit_files.to_vec();
-        let allow = self.allowlist();
+        let mut allow = self.allowlist();
+        observer.sandbox(&mut allow);
         let vm_fd = match &self.cpu {
             Cpu::Kvm(m) => Some(m.vm.as_raw_fd()),
             Cpu::Process(_) => None,
@@ -171,6 +173,9 @@ impl Vm {
         };
         if let Cpu::Process(_) = self.cpu {
             features |= TENDER_FEATURE_PROCESS;
+        }
+        if self.debugger {
+            features |= guest_abi::TENDER_FEATURE_DEBUG;
         }
         let ram = &mut self.calls.ram;
         boot::write_boot_info(ram, boot_info, net_ring, features)?;
@@ -216,7 +221,12 @@ impl Vm {
     /// close anything: callers end the process without dropping the `Vm`.
     /// `exit_files` are fds the caller will still write at exit (the report).
     pub fn run(&mut self, exit_files: &[RawFd]) -> RunEnd {
-        if let Err(e) = self.confine(&mut Jail::default(), exit_files) {
+        self.run_observed(exit_files, &mut ())
+    }
+
+    /// [`run`](Self::run), with `observer` watching the vCPU's stops (a debugger; KVM mode only).
+    pub fn run_observed<O: Observer>(&mut self, exit_files: &[RawFd], observer: &mut O) -> RunEnd {
+        if let Err(e) = self.confine(&mut Jail::default(), exit_files, observer) {
             return RunEnd::HostError(e.to_string());
         }
         let immediate_exit = match &mut self.cpu {
@@ -232,13 +242,14 @@ impl Vm {
         {
             return RunEnd::HostError(e.to_string());
         }
-        let allow = self.allowlist();
+        let mut allow = self.allowlist();
+        observer.sandbox(&mut allow);
         if let Err(e) = sandbox::enter(&allow, self.seccomp) {
             return RunEnd::HostError(format!("{e} (use --seccomp=off to run without it)"));
         }
         self.calls.stats.to_first_instruction = Some(self.started.elapsed());
         let mut end = match &mut self.cpu {
-            Cpu::Kvm(_) => self.run_loop(),
+            Cpu::Kvm(_) => self.run_loop(observer),
             Cpu::Process(p) => p.run(&mut self.calls, self.ring.as_ref().map(Ring::kick_fd), self.timeout),
         };
         if let Some(ring) = &self.ring {
@@ -304,16 +315,31 @@ impl Vm {
     }
 
     /// The KVM run loop (only called with `Cpu::Kvm`).
-    fn run_loop(&mut self) -> RunEnd {
+    fn run_loop<O: Observer>(&mut self, observer: &mut O) -> RunEnd {
         let Cpu::Kvm(machine) = &mut self.cpu else {
             return RunEnd::HostError("internal error: no vCPU".into());
         };
+        if observer.start(Stopped { vcpu: &mut machine.vcpu, ram: &self.calls.ram }) == Control::Kill {
+            return RunEnd::Killed;
+        }
         loop {
             if let Some(sig) = signals::pending() {
                 return RunEnd::from_signal(sig, self.timeout);
             }
+            // A stop that may be the observer's: handled after the match, which borrows the vCPU.
+            let mut stop = None;
             let result = match machine.vcpu.run() {
-                Ok(VcpuExit::IoOut(port, data)) => Ok(decode_out(port, data)),
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    let decoded = decode_out(port, data);
+                    if let (Err(GuestError::Port { .. }), Ok(bytes)) = (&decoded, <[u8; 4]>::try_from(data)) {
+                        stop = Some(Stop::Port { port, value: u32::from_le_bytes(bytes) });
+                    }
+                    Ok(decoded)
+                }
+                Ok(VcpuExit::Debug(arch)) => {
+                    stop = Some(Stop::Debug(arch));
+                    Err(GuestError::Unhandled(kvm_bindings::KVM_EXIT_DEBUG))
+                }
                 Ok(VcpuExit::IoIn(port, data)) => Err(GuestError::Port { port, size: data.len(), direction: "in" }),
                 Ok(VcpuExit::MmioWrite(gpa, _)) => Err(GuestError::Mmio { op: "write", gpa }),
                 Ok(VcpuExit::MmioRead(gpa, _)) => Err(GuestError::Mmio { op: "read", gpa }),
@@ -324,16 +350,33 @@ impl Vm {
                 Ok(VcpuExit::InternalError) => Err(GuestError::Internal(internal_suberror(machine))),
                 Ok(VcpuExit::Intr) => continue,
                 Ok(_) => Err(GuestError::Unhandled(machine.vcpu.get_kvm_run().exit_reason)),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    stop = Some(Stop::Interrupted);
+                    Err(GuestError::Unhandled(0))
+                }
                 Err(e) if e.errno() == libc::EFAULT => Err(GuestError::TranslationFault),
                 Err(e) => return RunEnd::HostError(format!("KVM: ioctl (KVM_RUN) failed: {e}")),
             };
+            if let Some(why) = stop {
+                match observer.stop(Stopped { vcpu: &mut machine.vcpu, ram: &self.calls.ram }, why) {
+                    Control::Resume => continue,
+                    Control::Kill => return RunEnd::Killed,
+                    // Without an observer, an interrupted KVM_RUN just runs again.
+                    Control::NotMine if matches!(why, Stop::Interrupted) => continue,
+                    Control::NotMine => {}
+                }
+            }
             let outcome = match result {
                 Ok(Ok((nr, gpa))) => self.calls.dispatch(nr, gpa),
                 Ok(Err(e)) | Err(e) => Err(HypercallError::Guest(e)),
             };
             match outcome {
-                Ok(Next::Resume) => {}
+                Ok(Next::Resume) => {
+                    let stopped = Stopped { vcpu: &mut machine.vcpu, ram: &self.calls.ram };
+                    if observer.hypercall_done(stopped) == Control::Kill {
+                        return RunEnd::Killed;
+                    }
+                }
                 Ok(Next::Halt(status, trap)) => return RunEnd::Halted { status, trap },
                 Err(HypercallError::Guest(error)) => {
                     return RunEnd::GuestError { error, rip: machine.vcpu.get_regs().map(|r| r.rip).unwrap_or(0) };
@@ -375,6 +418,11 @@ impl Vm {
             Err(e) => format!("dumpcore: cannot write the guest core: {e}"),
         })
     }
+
+    /// Guest memory, for a debugger's reads and writes.
+    pub fn ram(&self) -> &GuestRam {
+        &self.calls.ram
+    }
 }
 
 fn internal_suberror(machine: &mut Machine) -> u32 {
@@ -382,16 +430,4 @@ fn internal_suberror(machine: &mut Machine) -> u32 {
     // SAFETY: on KVM_EXIT_INTERNAL_ERROR the kernel filled the `internal` member of the
     // union; it is plain integers.
     unsafe { run.__bindgen_anon_1.internal.suberror }
-}
-
-fn read_kernel(path: &Path) -> Result<Vec<u8>, Error> {
-    let io_err = |e: std::io::Error| Error::Kernel { path: path.display().to_string(), reason: e.to_string() };
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    if !meta.is_file() {
-        return Err(Error::Kernel { path: path.display().to_string(), reason: "not a regular file".into() });
-    }
-    if meta.len() > MAX_KERNEL_FILE {
-        return Err(Error::Kernel { path: path.display().to_string(), reason: "file too large".into() });
-    }
-    std::fs::read(path).map_err(io_err)
 }

@@ -15,6 +15,11 @@ pub const KVM_RUN: u64 = 0xAE80;
 pub const KVM_GET_REGS: u64 = 0x8090_AE81;
 /// `KVM_GET_SREGS` (`_IOR(0xAE, 0x83, kvm_sregs)`), used for crash dumps.
 pub const KVM_GET_SREGS: u64 = 0x8138_AE83;
+/// For a debugger only: `KVM_SET_REGS` (`_IOW(0xAE, 0x82, kvm_regs)`), `KVM_SET_SREGS`
+/// (`_IOW(0xAE, 0x84, kvm_sregs)`), `KVM_SET_GUEST_DEBUG` (`_IOW(0xAE, 0x9b, kvm_guest_debug)`).
+pub const KVM_SET_REGS: u64 = 0x4090_AE82;
+pub const KVM_SET_SREGS: u64 = 0x4138_AE84;
+pub const KVM_SET_GUEST_DEBUG: u64 = 0x4048_AE9B;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -60,6 +65,12 @@ pub struct Allowlist {
     /// With a ring, the tender's own pid: its I/O thread may `kill(pid, SIGUSR1)` to stop the
     /// vCPU when the guest breaks the ring's rules or a block file fails.
     pub ring_fault_pid: Option<u32>,
+    /// Only in `tender-debug --gdb` runs: the debugger's connection (`read`, `write`, `recvfrom`),
+    /// and the vCPU may also be written (`KVM_SET_REGS`, `KVM_SET_SREGS`, `KVM_SET_GUEST_DEBUG`).
+    pub debugger_fd: Option<RawFd>,
+    /// Only in `tender-debug --gdb` runs: `/proc/self/mem`, opened before the filter, through
+    /// which `pwrite64` puts breakpoints into the guest's text (read-only on the host).
+    pub debugger_mem_fd: Option<RawFd>,
 }
 
 fn on_fd(fd: RawFd) -> SeccompRule {
@@ -89,6 +100,8 @@ impl Allowlist {
             .chain(&self.epoll_fd)
             .chain(&self.timer_fd)
             .chain(&self.ring_kick_fd)
+            .chain(&self.debugger_fd)
+            .chain(&self.debugger_mem_fd)
             .copied()
             .chain(core)
     }
@@ -104,8 +117,11 @@ impl Allowlist {
         let fds = |v: &[RawFd]| v.iter().map(|&fd| on_fd(fd)).collect::<Vec<_>>();
 
         if let Some(fd) = self.vcpu_fd {
+            let debugging: &[u64] =
+                if self.debugger_fd.is_some() { &[KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_GUEST_DEBUG] } else { &[] };
             let ioctls = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]
                 .iter()
+                .chain(debugging)
                 .map(|&req| rule(vec![cond(0, SeccompCmpOp::Eq, fd as u64), cond(1, SeccompCmpOp::Eq, req)]))
                 .collect();
             add(libc::SYS_ioctl, ioctls);
@@ -118,10 +134,16 @@ impl Allowlist {
             .chain(&self.exit_file_fds)
             .chain(&self.ring_kick_fd)
             .chain(&core_link)
+            .chain(&self.debugger_fd)
             .copied()
             .collect();
         add(libc::SYS_write, fds(&writable));
-        let readable: Vec<RawFd> = self.tap_fds.iter().chain(&self.ring_kick_fd).chain(&core_link).copied().collect();
+        let readable: Vec<RawFd> =
+            self.tap_fds.iter().chain(&self.ring_kick_fd).chain(&core_link).chain(&self.debugger_fd).copied().collect();
+        if let Some(fd) = self.debugger_fd {
+            // Ctrl-C from gdb while the guest runs: a look at the connection without blocking.
+            add(libc::SYS_recvfrom, fds(&[fd]));
+        }
         add(libc::SYS_read, fds(&readable));
         if let Some(pid) = self.ring_fault_pid {
             let own_usr1 =
@@ -129,7 +151,8 @@ impl Allowlist {
             add(libc::SYS_kill, vec![own_usr1]);
         }
         add(libc::SYS_pread64, fds(&self.block_fds));
-        let pwritable: Vec<RawFd> = self.block_fds.iter().chain(&self.exit_file_fds).copied().collect();
+        let pwritable: Vec<RawFd> =
+            self.block_fds.iter().chain(&self.exit_file_fds).chain(&self.debugger_mem_fd).copied().collect();
         add(libc::SYS_pwrite64, fds(&pwritable));
         if let Some(fd) = self.epoll_fd {
             add(libc::SYS_epoll_wait, fds(&[fd]));

@@ -211,3 +211,29 @@ fn a_dumpcore_filter_kills_every_call_that_takes_a_path() {
         other => panic!("brk must be allowed, got {other:?}"),
     }
 }
+
+fn set_regs_on_fd_50() -> i64 {
+    // SAFETY: the filter decides before the fd (not a vCPU) or the pointer is looked at.
+    unsafe { libc::syscall(libc::SYS_ioctl, 50, tender_seccomp::KVM_SET_REGS, std::ptr::null::<u8>()) }
+}
+
+fn recv_on_fd_9() -> i64 {
+    // SAFETY: zero-length receive into no memory; the filter decides first.
+    unsafe { libc::syscall(libc::SYS_recvfrom, 9, std::ptr::null_mut::<u8>(), 0, libc::MSG_DONTWAIT, 0, 0) }
+}
+
+/// What `tender-debug --gdb` adds is only there when it asks: a plain run's filter is unchanged.
+#[test]
+fn only_a_debugger_run_may_write_the_vcpu_or_receive() {
+    let plain = Allowlist { vcpu_fd: Some(50), ..base() };
+    let rules = plain.rules();
+    assert_eq!(rules[&libc::SYS_ioctl].len(), 3, "KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS only");
+    assert!(!rules.contains_key(&libc::SYS_recvfrom));
+    assert!(killed_by_sigsys(in_sandbox(&plain, Mode::Kill, set_regs_on_fd_50)));
+    assert!(killed_by_sigsys(in_sandbox(&plain, Mode::Kill, recv_on_fd_9)));
+
+    let debugging = Allowlist { debugger_fd: Some(9), ..plain };
+    assert_eq!(debugging.rules()[&libc::SYS_ioctl].len(), 6);
+    assert!(!killed_by_sigsys(in_sandbox(&debugging, Mode::Kill, set_regs_on_fd_50)));
+    assert!(!killed_by_sigsys(in_sandbox(&debugging, Mode::Kill, recv_on_fd_9)));
+}

@@ -48,6 +48,12 @@ pub fn process_mode() -> bool {
     std::env::var("TENDER_MODE").is_ok_and(|m| m == "process")
 }
 
+/// The guest `name` built with the `debug-guest` profile (symbols and frame info, for gdb).
+pub fn debug_guest(name: &str) -> PathBuf {
+    cargo_build(&["--profile", "debug-guest", "-p", name]);
+    target_dir().join("debug-guest").join(name)
+}
+
 /// Tests boot real VMs: without /dev/kvm they must fail, loudly, not pass. In process mode they
 /// need no KVM.
 pub fn require_kvm() {
@@ -293,4 +299,53 @@ pub fn in_netns<T: Send + 'static>(ns: &NetNs, f: impl FnOnce() -> T + Send + 's
     })
     .join()
     .expect("netns thread")
+}
+
+/// A minimal hvt ELF around `code` (loaded at 0x100000, entered at CPL 0 as the ABI starts
+/// every guest), with the ABI note and a manifest declaring `devices` (name, manifest type): for
+/// tests that need CPL 0 or a manifest of their own, without guest-rt.
+pub fn raw_kernel(code: &[u8], devices: &[(&str, u32)]) -> Vec<u8> {
+    let le32 = |v: &[u32]| v.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let abi_note: Vec<u8> =
+        [le32(&[6, 16, guest_abi::NOTE_TYPE_ABI]), b"Solo5\0\0\0".to_vec(), le32(&[1, 2, 0, 0])].concat();
+    let entries = devices.len() as u32 + 1;
+    let mut mft_note: Vec<u8> = [
+        le32(&[6, 4 + 8 + 104 * entries, guest_abi::NOTE_TYPE_MANIFEST]),
+        b"Solo5\0\0\0".to_vec(),
+        le32(&[0, 1, entries]),
+    ]
+    .concat();
+    for (name, ty) in std::iter::once(&("", guest_abi::MFT_RESERVED_FIRST)).chain(devices) {
+        let mut entry = vec![0u8; 104];
+        entry[..name.len()].copy_from_slice(name.as_bytes());
+        entry[68..72].copy_from_slice(&ty.to_le_bytes());
+        mft_note.extend_from_slice(&entry);
+    }
+    let (abi_at, mft_at) = (0x100, 0x128);
+    let code_at = (mft_at + mft_note.len()).next_multiple_of(0x1000);
+    let mut f = vec![0u8; code_at];
+    let put = |f: &mut Vec<u8>, at: usize, b: &[u8]| f[at..at + b.len()].copy_from_slice(b);
+    // ELF header.
+    put(&mut f, 0, b"\x7fELF\x02\x01\x01");
+    put(&mut f, 16, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut f, 18, &62u16.to_le_bytes()); // EM_X86_64
+    put(&mut f, 20, &1u32.to_le_bytes());
+    put(&mut f, 24, &0x10_0000u64.to_le_bytes()); // entry
+    put(&mut f, 32, &64u64.to_le_bytes()); // phoff
+    put(&mut f, 52, &64u16.to_le_bytes());
+    put(&mut f, 54, &56u16.to_le_bytes());
+    put(&mut f, 56, &3u16.to_le_bytes()); // phnum
+    put(&mut f, abi_at, &abi_note);
+    put(&mut f, mft_at, &mft_note);
+    // Program headers: PT_LOAD (R+X) of the code, then the two PT_NOTEs.
+    let phdr = |ty: u32, flags: u32, off: usize, vaddr: u64, size: usize, align: u64| -> Vec<u8> {
+        let (off, size) = (off as u64, size as u64);
+        [le32(&[ty, flags]), [off, vaddr, vaddr, size, size, align].iter().flat_map(|v| v.to_le_bytes()).collect()]
+            .concat()
+    };
+    put(&mut f, 64, &phdr(1, 5, code_at, 0x10_0000, code.len(), 0x1000));
+    put(&mut f, 120, &phdr(4, 4, abi_at, 0, abi_note.len(), 4));
+    put(&mut f, 176, &phdr(4, 4, mft_at, 0, mft_note.len(), 8));
+    f.extend_from_slice(code);
+    f
 }

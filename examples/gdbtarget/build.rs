@@ -1,0 +1,3 @@
+fn main() {
+    guest_build::link();
+}
