@@ -22,7 +22,7 @@ use crate::devices::Device;
 use crate::devices::net::NetDevice;
 
 use crate::devices::poll::{Poller, Wait};
-use crate::devices::ring::{Ring, RingFault, Target};
+use crate::devices::ring::{PollFor, Ring, RingFault, Target};
 use crate::dumpcore::CoreDump;
 use crate::elf::Kernel;
 use crate::kvm::Machine;
@@ -107,6 +107,9 @@ impl Vm {
         } else {
             None
         };
+        if let Some(ring) = &ring {
+            poller.watch_ring(ring.progress())?;
+        }
         let (net_ring, features) = match ring {
             Some(_) => (limit, ring_features(has_net, has_block)),
             None => (0, 0),
@@ -168,6 +171,8 @@ impl Vm {
             .chain(&allow.epoll_fd)
             .chain(&allow.timer_fd)
             .chain(&allow.ring_kick_fd)
+            .chain(&allow.ring_progress_fd)
+            .chain(&allow.ring_epoll_fd)
             .chain(&allow.output_fds)
             .chain(allow.core_dump.iter().flat_map(|(f, d)| [f, d]))
             .chain(std::iter::once(&self.machine.vm.as_raw_fd()))
@@ -217,6 +222,8 @@ impl Vm {
             epoll_fd: Some(epoll),
             timer_fd: Some(timer),
             ring_kick_fd: self.ring.as_ref().map(Ring::kick_fd),
+            ring_progress_fd: self.ring.as_ref().map(Ring::progress_fd),
+            ring_epoll_fd: self.ring.as_ref().map(|_| self.poller.ring_fd()),
             ring_fault_pid: self.ring.as_ref().map(|_| std::process::id()),
             core_dump: self.core.as_ref().map(|c| {
                 let [file, dir] = c.fds();
@@ -341,7 +348,13 @@ impl Vm {
         let mut arg: HcPoll = self.ram.read_arg(gpa)?;
         // Check the out-fields before blocking, so a bad pointer fails fast.
         self.ram.check_write(gpa, size_of::<HcPoll>() as u64)?;
-        match self.poller.wait(arg.timeout_nsecs) {
+        let wait_for = self.ring.as_ref().map_or(PollFor::Devices, Ring::enter_poll);
+        let timeout = if wait_for == PollFor::Nothing { 0 } else { arg.timeout_nsecs };
+        let waited = self.poller.wait(timeout, wait_for == PollFor::Ring);
+        if let Some(ring) = &self.ring {
+            ring.leave_poll();
+        }
+        match waited {
             Ok(Wait::Ready { ready_set, count }) => {
                 arg.ready_set = ready_set;
                 arg.ret = count;

@@ -16,6 +16,10 @@ pub const KVM_GET_REGS: u64 = 0x8090_AE81;
 /// `KVM_GET_SREGS` (`_IOR(0xAE, 0x83, kvm_sregs)`), used for crash dumps.
 pub const KVM_GET_SREGS: u64 = 0x8138_AE83;
 
+/// `TUNATTACHFILTER` (`_IOW('T', 213, struct sock_fprog)`): a tap's receive filter, replaced when
+/// the guest's address changes (`monitor/src/devices/rx_filter`).
+pub const TUNATTACHFILTER: u64 = 0x4010_54d5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("cannot build the seccomp filter: {0}")]
@@ -40,7 +44,7 @@ pub struct Allowlist {
     pub vcpu_fd: Option<RawFd>,
     /// Console and error output: `write` only (normally 1 and 2).
     pub output_fds: Vec<RawFd>,
-    /// Taps: `read` and `write`.
+    /// Taps: `read`, `write`, and `ioctl(TUNATTACHFILTER)`.
     pub tap_fds: Vec<RawFd>,
     /// Block backing files: `pread64` and `pwrite64`.
     pub block_fds: Vec<RawFd>,
@@ -56,6 +60,11 @@ pub struct Allowlist {
     /// The shared ring's kick eventfd: `read` (the I/O thread sleeps on it) and `write` (the vCPU
     /// thread wakes it to stop it).
     pub ring_kick_fd: Option<RawFd>,
+    /// The eventfd the ring's thread writes when it consumed entries while the guest waited for
+    /// it in POLL: `write`.
+    pub ring_progress_fd: Option<RawFd>,
+    /// The epoll set such a POLL waits on: `epoll_wait`/`epoll_pwait`.
+    pub ring_epoll_fd: Option<RawFd>,
     /// With a ring, the tender's own pid: its I/O thread may `kill(pid, SIGUSR1)` to stop the
     /// vCPU when the guest breaks the ring's rules or a block file fails.
     pub ring_fault_pid: Option<u32>,
@@ -93,12 +102,19 @@ impl Allowlist {
                 .collect();
             add(libc::SYS_ioctl, ioctls);
         }
+        let filters = self
+            .tap_fds
+            .iter()
+            .map(|&fd| rule(vec![cond(0, SeccompCmpOp::Eq, fd as u64), cond(1, SeccompCmpOp::Eq, TUNATTACHFILTER)]))
+            .collect();
+        add(libc::SYS_ioctl, filters);
         let writable: Vec<RawFd> = self
             .output_fds
             .iter()
             .chain(&self.tap_fds)
             .chain(&self.exit_file_fds)
             .chain(&self.ring_kick_fd)
+            .chain(&self.ring_progress_fd)
             .copied()
             .collect();
         add(libc::SYS_write, fds(&writable));
@@ -112,10 +128,9 @@ impl Allowlist {
         add(libc::SYS_pread64, fds(&self.block_fds));
         let pwritable: Vec<RawFd> = self.block_fds.iter().chain(&self.exit_file_fds).copied().collect();
         add(libc::SYS_pwrite64, fds(&pwritable));
-        if let Some(fd) = self.epoll_fd {
-            add(libc::SYS_epoll_wait, fds(&[fd]));
-            add(libc::SYS_epoll_pwait, fds(&[fd]));
-        }
+        let epolls: Vec<RawFd> = self.epoll_fd.iter().chain(&self.ring_epoll_fd).copied().collect();
+        add(libc::SYS_epoll_wait, fds(&epolls));
+        add(libc::SYS_epoll_pwait, fds(&epolls));
         if let Some(fd) = self.timer_fd {
             add(libc::SYS_timerfd_settime, fds(&[fd]));
         }
