@@ -38,5 +38,7 @@ if [ $# -eq 0 ]; then
     TENDER_MODE=process cargo test --release -p tender-tests --no-fail-fast --test boot --test exit_codes --test block \
         --test network \
         || status=$?
+    # The density benchmark at a small N: every service answers and ends cleanly on SIGTERM.
+    N=20 PER_BRIDGE=10 scripts/density.sh >/dev/null || { echo "test.sh: scripts/density.sh N=20 failed" >&2; status=1; }
 fi
 exit "$status"

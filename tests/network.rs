@@ -65,8 +65,11 @@ fn report_number(report: &str, key: &str) -> u64 {
     report[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
 }
 
-/// A flood ping through the shared net ring (the default), then through the hypercalls
-/// (`--no-ring`): no loss either way, and the report shows which path the frames took.
+/// A flood ping with the shared net ring offered (the default), then through the hypercalls
+/// (`--no-ring`): no loss either way, and the report shows which path the frames took. With the
+/// ring, a frame that finds the ring's thread asleep goes by hypercall (guest-rt's `ring.rs`:
+/// cheaper than waking the thread), and a flood ping, one echo in flight, mostly finds it asleep;
+/// bursts go through the ring (the netperf tests).
 #[test]
 fn flood_ping_through_the_net_ring_and_through_hypercalls() {
     let g = ping_guest("ping");
@@ -89,9 +92,7 @@ fn flood_ping_through_the_net_ring_and_through_hypercalls() {
         assert!(report.contains("\"net_ring\":true"), "the tender offers the ring either way: {report}");
         let (read_exits, write_exits) = (report_number(&report, "net_read"), report_number(&report, "net_write"));
         assert!(report_number(&report, "read_ops") >= 5001 && report_number(&report, "write_ops") >= 5001, "{report}");
-        if ring.is_none() {
-            assert_eq!((read_exits, write_exits), (0, 0), "every frame went through the ring: {report}");
-        } else {
+        if ring.is_some() {
             assert!(read_exits > 5000 && write_exits > 5000, "every frame was a hypercall: {report}");
         }
     }

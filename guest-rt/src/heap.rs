@@ -8,12 +8,70 @@ const fn heap_range(image_end: u64, mem_size: u64) -> (u64, u64) {
     (image_end, mem_size.saturating_sub(STACK_RESERVE).saturating_sub(image_end))
 }
 
+/// Bytes at the start of a fresh block that may hold the allocator's own bookkeeping (the free
+/// list's node: size and next pointer) and so are zeroed even there.
+const NODE_BYTES: usize = 2 * size_of::<usize>();
+
+/// How many bytes of a block at `ptr` of `len` bytes `alloc_zeroed` must clear, given that no
+/// block handed out so far ended above `high_water`: memory above it was never written by the
+/// application, and the tender gives the guest zeroed memory, so only the free list's node can
+/// be there (it sits at the start of the free region the block was cut from).
+const fn to_clear(ptr: usize, len: usize, high_water: usize) -> usize {
+    if ptr >= high_water { if len < NODE_BYTES { len } else { NODE_BYTES } } else { len }
+}
+
 #[cfg(not(test))]
 mod global {
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
     use linked_list_allocator::LockedHeap;
 
+    /// The heap, with a zeroed allocation that does not touch fresh memory: large zeroed buffers
+    /// allocated up front (socket buffers) then cost guest memory only as they are used.
+    struct Heap {
+        inner: LockedHeap,
+        /// The highest end of any block handed out so far.
+        high_water: AtomicUsize,
+    }
+
+    impl Heap {
+        fn note(&self, ptr: *mut u8, len: usize) {
+            self.high_water.fetch_max(ptr as usize + len, Ordering::Relaxed);
+        }
+    }
+
+    // SAFETY: every call goes to `LockedHeap`'s implementation; `alloc_zeroed` clears every byte
+    // that may be non-zero (see `to_clear`).
+    unsafe impl GlobalAlloc for Heap {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract, passed on.
+            let ptr = unsafe { self.inner.alloc(layout) };
+            self.note(ptr, layout.size());
+            ptr
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let high_water = self.high_water.load(Ordering::Relaxed);
+            // SAFETY: the caller's contract, passed on.
+            let ptr = unsafe { self.inner.alloc(layout) };
+            if !ptr.is_null() {
+                let n = super::to_clear(ptr as usize, layout.size(), high_water);
+                // SAFETY: `ptr` is a fresh block of at least `layout.size()` >= n bytes.
+                unsafe { ptr.write_bytes(0, n) };
+                self.note(ptr, layout.size());
+            }
+            ptr
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { self.inner.dealloc(ptr, layout) }
+        }
+    }
+
     #[global_allocator]
-    static HEAP: LockedHeap = LockedHeap::empty();
+    static HEAP: Heap = Heap { inner: LockedHeap::empty(), high_water: AtomicUsize::new(0) };
 
     unsafe extern "C" {
         /// End of `.bss`, from the linker script.
@@ -25,12 +83,12 @@ mod global {
         if size > 0 {
             // SAFETY: [_end, mem_size - STACK_RESERVE) is mapped guest RAM that nothing else uses;
             // this runs once, before `main`.
-            unsafe { HEAP.lock().init(start as *mut u8, size as usize) };
+            unsafe { HEAP.inner.lock().init(start as *mut u8, size as usize) };
         }
     }
 
     pub fn free() -> usize {
-        HEAP.lock().free()
+        HEAP.inner.lock().free()
     }
 }
 
@@ -77,6 +135,13 @@ mod tests {
         }
         assert_eq!(heap.used(), 0);
         assert_eq!(fill(&mut heap).len(), first.len());
+    }
+
+    #[test]
+    fn only_the_free_list_node_of_fresh_memory_is_cleared() {
+        assert_eq!(to_clear(0x5000, 4096, 0x5000), NODE_BYTES, "fresh: the node only");
+        assert_eq!(to_clear(0x5000, 8, 0x4000), 8, "short blocks are cleared whole");
+        assert_eq!(to_clear(0x4000, 4096, 0x4800), 4096, "reused memory is cleared whole");
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //! uses when the tender offers it. Sending copies the frame to a slot of ours and posts it: no
 //! exit, unless the tender's I/O thread has gone to sleep and asked for a kick (port 0x600,
 //! handled inside KVM). Receiving posts a read and spins at CPL 3 until the tender commits it.
+//!
+//! Every wait for the tender's thread (a commit, room in the ring, the last frames leaving)
+//! spins for at most [`SPIN_NS`], then sleeps in POLL, with timeouts that double from
+//! [`WAIT_FIRST_NS`] up to [`WAIT_MAX_NS`], and looks again after each. On a host with more busy
+//! VMs than CPUs the thread may not be running at all: a guest that spun for it would only take
+//! the CPU it needs. tender ends such a POLL as soon as its thread has made progress; under
+//! solo5-hvt the POLL ends at its timeout or when a frame arrives.
 //! Frames larger than a slot use the NET_WRITE hypercall, after the posted ones have left, so
 //! frames keep their order.
 //!
@@ -33,6 +40,35 @@ struct Slots(UnsafeCell<[[u8; NET_RING_SLOT_SIZE]; SLOTS as usize]>);
 // SAFETY: guest-rt runs on one vCPU with no threads and no interrupt handlers that send.
 unsafe impl Sync for Slots {}
 static SLOT_BUFFERS: Slots = Slots(UnsafeCell::new([[0; NET_RING_SLOT_SIZE]; SLOTS as usize]));
+
+/// How long a wait for the tender's thread spins before it sleeps: the thread's turn-around
+/// when it is awake is a few microseconds; waking it from its sleep takes tens on a loaded host.
+pub const SPIN_NS: u64 = 50_000;
+/// The first POLL timeout of a wait that stopped spinning, and the longest.
+pub const WAIT_FIRST_NS: u64 = 50_000;
+pub const WAIT_MAX_NS: u64 = 1_000_000;
+
+/// Waits until `done()`: spins for [`SPIN_NS`], then sleeps in POLL between looks.
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let start = crate::monotonic_ns();
+    loop {
+        for _ in 0..64 {
+            if done() {
+                return;
+            }
+            core::hint::spin_loop();
+        }
+        if crate::monotonic_ns().wrapping_sub(start) > SPIN_NS {
+            break;
+        }
+    }
+    let mut timeout = WAIT_FIRST_NS;
+    while !done() {
+        // The ready set is not lost: a tap with a frame stays readable for the next POLL.
+        crate::hypercall::poll(timeout);
+        timeout = (timeout * 2).min(WAIT_MAX_NS);
+    }
+}
 
 static DISABLED: AtomicBool = AtomicBool::new(false);
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -104,9 +140,7 @@ impl Ring {
     /// Room for one more entry (`limit` entries in flight at most).
     fn wait_for_room(self, limit: u32) -> u32 {
         let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
-        while tail.wrapping_sub(self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire)) >= limit - 1 {
-            core::hint::spin_loop();
-        }
+        wait_until(|| tail.wrapping_sub(self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire)) < limit - 1);
         tail
     }
 
@@ -137,9 +171,7 @@ impl Ring {
         self.post(tail, entry);
         loop {
             let head = self.index(NET_RING_COM_HEAD).load(Ordering::Relaxed);
-            while self.index(NET_RING_COM_TAIL).load(Ordering::Acquire) == head {
-                core::hint::spin_loop();
-            }
+            wait_until(|| self.index(NET_RING_COM_TAIL).load(Ordering::Acquire) != head);
             let at = NET_RING_COMMITS_OFFSET + (head % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
             // SAFETY: inside the ring; the tender wrote this commit before its release store of
             // `com_tail`, which the acquire load above saw.
@@ -151,12 +183,19 @@ impl Ring {
         }
     }
 
+    /// Whether the tender's thread sleeps with nothing left to do: a frame then costs less by
+    /// hypercall (one exit, served on the vCPU's own thread) than through the ring (a kick, the
+    /// thread's wake-up on another CPU, and the guest waiting for it).
+    fn asleep(self) -> bool {
+        self.index(NET_RING_NEEDS_KICK).load(Ordering::Relaxed) != 0
+            && self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire)
+                == self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed)
+    }
+
     /// Waits until the tender has carried out every posted entry.
     fn drain(self) {
         let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
-        while self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire) != tail {
-            core::hint::spin_loop();
-        }
+        wait_until(|| self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire) == tail);
     }
 }
 
@@ -172,9 +211,18 @@ fn next_id() -> u32 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Posts `frame` for device `handle`; `None` when it must go by hypercall (no ring, or too big).
+/// Frames received by hypercall in a row while the thread slept: after [`BURST`] of them the
+/// next receive goes through the ring, which wakes the thread for the rest of the burst.
+static BY_CALL: AtomicU32 = AtomicU32::new(0);
+const BURST: u32 = 2;
+
+/// Posts `frame` for device `handle`; `None` when it must go by hypercall (no ring, too big, or
+/// the tender's thread asleep and no burst under way).
 pub(crate) fn send(handle: u64, frame: &[u8]) -> Option<i32> {
     let ring = ring()?;
+    if ring.asleep() && BY_CALL.load(Ordering::Relaxed) < BURST {
+        return None;
+    }
     if frame.len() > NET_RING_SLOT_SIZE {
         ring.drain();
         return None;
@@ -201,6 +249,13 @@ pub(crate) fn send(handle: u64, frame: &[u8]) -> Option<i32> {
 /// `None` when there is no ring.
 pub(crate) fn recv(handle: u64, buf: &mut [u8]) -> Option<(i32, usize)> {
     let ring = ring()?;
+    if ring.asleep() && BY_CALL.load(Ordering::Relaxed) < BURST {
+        let (code, len) = crate::hypercall::net_read(handle, buf);
+        let streak = if code == guest_abi::SOLO5_R_OK { BY_CALL.load(Ordering::Relaxed) + 1 } else { 0 };
+        BY_CALL.store(streak, Ordering::Relaxed);
+        return Some((code, len));
+    }
+    BY_CALL.store(0, Ordering::Relaxed);
     let entry = NetRingEntry {
         operation: NET_RING_OP_READ,
         handle: handle as u32,

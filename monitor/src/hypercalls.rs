@@ -11,6 +11,7 @@ use guest_abi::{
 use crate::devices::Device;
 use crate::devices::net::NetDevice;
 use crate::devices::poll::{Poller, Wait};
+use crate::devices::ring::{PollFor, Ring};
 use crate::memory::GuestRam;
 use crate::outcome::{GuestError, HypercallError, Trap};
 use crate::report::Stats;
@@ -22,9 +23,12 @@ pub enum Next {
     Halt(i32, Option<Trap>),
 }
 
-/// What the hypercalls reach: guest memory, the devices, POLL's wait set, and the counters the
-/// report shows.
+/// What the hypercalls reach: the ring, guest memory, the devices, POLL's wait set, and the
+/// counters the report shows.
 pub struct Hypercalls {
+    /// The shared ring's I/O thread, when one is running (POLL waits for it too). First: it is
+    /// stopped (on drop) before the memory, taps and files it uses go.
+    pub ring: Option<Ring>,
     pub ram: GuestRam,
     pub devices: Vec<Device>,
     pub poller: Poller,
@@ -86,7 +90,15 @@ impl Hypercalls {
         let mut arg: HcPoll = self.ram.read_arg(gpa)?;
         // Check the out-fields before blocking, so a bad pointer fails fast.
         self.ram.check_write(gpa, size_of::<HcPoll>() as u64)?;
-        match self.poller.wait(arg.timeout_nsecs) {
+        // While the guest waits for the ring's thread, POLL also wakes on its progress; when the
+        // thread has work pending, POLL does not sleep at all.
+        let wait_for = self.ring.as_ref().map_or(PollFor::Devices, Ring::enter_poll);
+        let timeout = if wait_for == PollFor::Nothing { 0 } else { arg.timeout_nsecs };
+        let waited = self.poller.wait(timeout, wait_for == PollFor::Ring);
+        if let Some(ring) = &self.ring {
+            ring.leave_poll();
+        }
+        match waited {
             Ok(Wait::Ready { ready_set, count }) => {
                 arg.ready_set = ready_set;
                 arg.ret = count;

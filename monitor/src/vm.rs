@@ -49,8 +49,6 @@ pub struct Vm {
     // Field order matters for drop: the vCPU and VM go before the memory they map, and the ring's
     // thread is stopped before the taps and files it uses (in `calls`) are closed.
     cpu: Cpu,
-    /// The shared ring's I/O thread, when one is running.
-    ring: Option<Ring>,
     /// Guest memory, the devices, POLL and the counters: what the hypercalls reach.
     calls: Hypercalls,
     /// Where the ring goes, when the memory layout has room for one; it starts in `confine`.
@@ -128,8 +126,7 @@ impl Vm {
         };
         Ok(Vm {
             cpu,
-            ring: None,
-            calls: Hypercalls { ram, devices, poller, stats },
+            calls: Hypercalls { ring: None, ram, devices, poller, stats },
             ring_gpa: (total > limit).then_some(limit),
             boot_info: Some(layout.boot_info),
             exit_files: Vec::new(),
@@ -164,10 +161,13 @@ impl Vm {
         };
         let keep: Vec<RawFd> = allow.fds().chain(vm_fd).collect();
         jail.enter(&keep)?;
-        self.ring = self.ring_gpa.and_then(|gpa| self.start_ring(gpa));
+        self.calls.ring = self.ring_gpa.and_then(|gpa| self.start_ring(gpa));
+        if let Some(ring) = &self.calls.ring {
+            self.calls.poller.watch_ring(ring.progress())?;
+        }
         let has = |kind: fn(&Device) -> bool| self.calls.devices.iter().any(kind);
         let (has_net, has_block) = (has(|d| matches!(d, Device::Net(_))), has(|d| matches!(d, Device::Block(_))));
-        let (net_ring, mut features) = match (&self.ring, self.ring_gpa) {
+        let (net_ring, mut features) = match (&self.calls.ring, self.ring_gpa) {
             (Some(_), Some(gpa)) => (gpa, ring_features(has_net, has_block)),
             _ => (0, 0),
         };
@@ -250,9 +250,12 @@ impl Vm {
         self.calls.stats.to_first_instruction = Some(self.started.elapsed());
         let mut end = match &mut self.cpu {
             Cpu::Kvm(_) => self.run_loop(observer),
-            Cpu::Process(p) => p.run(&mut self.calls, self.ring.as_ref().map(Ring::kick_fd), self.timeout),
+            Cpu::Process(p) => {
+                let kick = self.calls.ring.as_ref().map(Ring::kick_fd);
+                p.run(&mut self.calls, kick, self.timeout)
+            }
         };
-        if let Some(ring) = &self.ring {
+        if let Some(ring) = &self.calls.ring {
             if !ring.stop() {
                 self.warnings.push("the ring's I/O thread did not stop in time: frames sent last may be lost, and a block request in progress may be cut short".into());
             }
@@ -295,8 +298,10 @@ impl Vm {
             output_fds: vec![1, 2, wake],
             epoll_fd: Some(epoll),
             timer_fd: Some(timer),
-            ring_kick_fd: self.ring.as_ref().map(Ring::kick_fd),
-            ring_fault_pid: self.ring.as_ref().map(|_| std::process::id()),
+            ring_kick_fd: self.calls.ring.as_ref().map(Ring::kick_fd),
+            ring_progress_fd: self.calls.ring.as_ref().map(Ring::progress_fd),
+            ring_epoll_fd: self.calls.ring.as_ref().map(|_| self.calls.poller.ring_fd()),
+            ring_fault_pid: self.calls.ring.as_ref().map(|_| std::process::id()),
             exit_file_fds: self.exit_files.clone(),
             core_dump: self.core.as_ref().map(|c| {
                 let [file, link] = c.fds();

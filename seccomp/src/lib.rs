@@ -21,6 +21,10 @@ pub const KVM_SET_REGS: u64 = 0x4090_AE82;
 pub const KVM_SET_SREGS: u64 = 0x4138_AE84;
 pub const KVM_SET_GUEST_DEBUG: u64 = 0x4048_AE9B;
 
+/// `TUNATTACHFILTER` (`_IOW('T', 213, struct sock_fprog)`): a tap's receive filter, replaced when
+/// the guest's address changes (`monitor/src/devices/rx_filter`).
+pub const TUNATTACHFILTER: u64 = 0x4010_54d5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("cannot build the seccomp filter: {0}")]
@@ -45,7 +49,7 @@ pub struct Allowlist {
     pub vcpu_fd: Option<RawFd>,
     /// Console and error output: `write` only (normally 1 and 2).
     pub output_fds: Vec<RawFd>,
-    /// Taps: `read` and `write`.
+    /// Taps: `read`, `write`, and `ioctl(TUNATTACHFILTER)`.
     pub tap_fds: Vec<RawFd>,
     /// Block backing files: `pread64` and `pwrite64`.
     pub block_fds: Vec<RawFd>,
@@ -62,6 +66,11 @@ pub struct Allowlist {
     /// The shared ring's kick eventfd: `read` (the I/O thread sleeps on it) and `write` (the vCPU
     /// thread wakes it to stop it).
     pub ring_kick_fd: Option<RawFd>,
+    /// The eventfd the ring's thread writes when it consumed entries while the guest waited for
+    /// it in POLL: `write`.
+    pub ring_progress_fd: Option<RawFd>,
+    /// The epoll set such a POLL waits on: `epoll_wait`/`epoll_pwait`.
+    pub ring_epoll_fd: Option<RawFd>,
     /// With a ring, the tender's own pid: its I/O thread may `kill(pid, SIGUSR1)` to stop the
     /// vCPU when the guest breaks the ring's rules or a block file fails.
     pub ring_fault_pid: Option<u32>,
@@ -100,6 +109,8 @@ impl Allowlist {
             .chain(&self.epoll_fd)
             .chain(&self.timer_fd)
             .chain(&self.ring_kick_fd)
+            .chain(&self.ring_progress_fd)
+            .chain(&self.ring_epoll_fd)
             .chain(&self.debugger_fd)
             .chain(&self.debugger_mem_fd)
             .copied()
@@ -126,6 +137,12 @@ impl Allowlist {
                 .collect();
             add(libc::SYS_ioctl, ioctls);
         }
+        let filters = self
+            .tap_fds
+            .iter()
+            .map(|&fd| rule(vec![cond(0, SeccompCmpOp::Eq, fd as u64), cond(1, SeccompCmpOp::Eq, TUNATTACHFILTER)]))
+            .collect();
+        add(libc::SYS_ioctl, filters);
         let core_link = self.core_dump.map(|(_, link)| link);
         let writable: Vec<RawFd> = self
             .output_fds
@@ -133,6 +150,7 @@ impl Allowlist {
             .chain(&self.tap_fds)
             .chain(&self.exit_file_fds)
             .chain(&self.ring_kick_fd)
+            .chain(&self.ring_progress_fd)
             .chain(&core_link)
             .chain(&self.debugger_fd)
             .copied()
@@ -154,10 +172,9 @@ impl Allowlist {
         let pwritable: Vec<RawFd> =
             self.block_fds.iter().chain(&self.exit_file_fds).chain(&self.debugger_mem_fd).copied().collect();
         add(libc::SYS_pwrite64, fds(&pwritable));
-        if let Some(fd) = self.epoll_fd {
-            add(libc::SYS_epoll_wait, fds(&[fd]));
-            add(libc::SYS_epoll_pwait, fds(&[fd]));
-        }
+        let epolls: Vec<RawFd> = self.epoll_fd.iter().chain(&self.ring_epoll_fd).copied().collect();
+        add(libc::SYS_epoll_wait, fds(&epolls));
+        add(libc::SYS_epoll_pwait, fds(&epolls));
         if let Some(fd) = self.timer_fd {
             add(libc::SYS_timerfd_settime, fds(&[fd]));
         }

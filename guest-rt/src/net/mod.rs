@@ -57,8 +57,11 @@ pub const TCP_BUFFER: usize = 64 << 10;
 /// Default UDP buffer: packets and payload bytes (room for a whole batch of full-size datagrams).
 pub const UDP_PACKETS: usize = 64;
 pub const UDP_BUFFER: usize = 128 << 10;
-/// Longest sleep when smoltcp has no deadline (keeps DHCP and timers honest).
-const MAX_SLEEP_NS: u64 = 1_000_000_000;
+/// Longest sleep when smoltcp has no deadline (smoltcp reports its own timers, DHCP's included;
+/// this bounds how late an application's own checks after [`Stack::wait`] may run). Each wake-up
+/// of an idle service costs two exits: at 1 s, 1,000 idle services took 14% of a CPU here
+/// (docs/PERFORMANCE.md, "Density"); at 10 s, a tenth of that.
+const MAX_SLEEP_NS: u64 = 10_000_000_000;
 /// Passes of smoltcp one [`Stack::poll`] makes at most. A pass ends early when the SYN gate holds
 /// a SYN until a listening socket is opened; frames per poll stay bounded by the receive budget.
 const MAX_PASSES: usize = 2 * phy::RX_BATCH as usize;
@@ -241,7 +244,7 @@ impl Stack {
         }
     }
 
-    /// Nanoseconds until smoltcp next needs [`poll`](Self::poll), at most a second.
+    /// Nanoseconds until smoltcp next needs [`poll`](Self::poll), at most ten seconds.
     pub fn next_deadline_ns(&mut self) -> u64 {
         match self.iface.poll_delay(now(), &self.sockets) {
             Some(d) => d.total_micros().saturating_mul(1000).min(MAX_SLEEP_NS),

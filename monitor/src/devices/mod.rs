@@ -4,6 +4,7 @@ pub mod block;
 pub mod net;
 pub mod poll;
 pub mod ring;
+pub mod rx_filter;
 
 use block::BlockDevice;
 use net::NetDevice;

@@ -3,11 +3,13 @@
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use guest_abi::{SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
 use crate::devices::IoError;
+use crate::devices::rx_filter::{FilterError, RxFilter};
 use crate::memory::GuestRam;
 
 /// Ethernet header length: frames may be up to MTU + this.
@@ -29,6 +31,8 @@ pub enum NetError {
     NameTooLong { iface: String },
     #[error("Could not attach interface: fd {fd}: not an open tap device (IFF_TAP|IFF_NO_PI)")]
     NotATap { fd: RawFd },
+    #[error("Could not attach interface: {iface}: {err}")]
+    Filter { iface: String, err: FilterError },
 }
 
 /// Where a net device's tap comes from.
@@ -45,6 +49,7 @@ pub struct NetDevice {
     tap: OwnedFd,
     pub mac: [u8; 6],
     pub mtu: u16,
+    filter: Arc<RxFilter>,
 }
 
 impl NetDevice {
@@ -60,7 +65,8 @@ impl NetDevice {
             Some(m) => m,
             None => random_mac().map_err(attach_err)?,
         };
-        Ok(NetDevice { name: name.into(), tap, mac, mtu })
+        let filter = RxFilter::attach(tap.as_raw_fd(), mac).map_err(|err| NetError::Filter { iface, err })?;
+        Ok(NetDevice { name: name.into(), tap, mac, mtu, filter: Arc::new(filter) })
     }
 
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -74,22 +80,25 @@ impl NetDevice {
 
     /// What NET_READ and NET_WRITE need, for the vCPU thread and the net ring's I/O thread.
     pub fn io(&self) -> TapIo {
-        TapIo::new(self.raw_fd(), self.mtu)
+        TapIo { fd: self.raw_fd(), mtu: self.mtu, filter: Some(self.filter.clone()) }
     }
 }
 
-/// Frame I/O on a tap. Copyable so that the net ring's thread can hold one; the fd belongs to
-/// the [`NetDevice`], which lives until the process exits.
-#[derive(Clone, Copy, Debug)]
+/// Frame I/O on a tap, for the vCPU thread and the net ring's thread; the fd belongs to the
+/// [`NetDevice`], which lives until the process exits.
+#[derive(Clone, Debug)]
 pub struct TapIo {
     fd: RawFd,
     mtu: u16,
+    /// Learns the guest's addresses from the frames it sends.
+    filter: Option<Arc<RxFilter>>,
 }
 
 impl TapIo {
-    /// Frame I/O on `fd` (a tap, or any fd that keeps frames apart, for tests).
+    /// Frame I/O on `fd` (a tap, or any fd that keeps frames apart, for tests), unfiltered.
+    #[cfg(test)]
     pub(crate) fn new(fd: RawFd, mtu: u16) -> Self {
-        TapIo { fd, mtu }
+        TapIo { fd, mtu, filter: None }
     }
 
     /// NET_WRITE: one frame of `len` bytes at `data` in guest memory to the tap. Returns the
@@ -105,7 +114,15 @@ impl TapIo {
         // kernel only reads from it.
         let n = unsafe { libc::write(self.fd, buf.ptr_guard().as_ptr().cast(), buf.len()) };
         match n {
-            n if n as u64 == len => Ok(SOLO5_R_OK),
+            n if n as u64 == len => {
+                if let Some(filter) = &self.filter {
+                    // The headers the filter learns from: Ethernet, then ARP or IPv4 (42 bytes).
+                    let mut head = [0u8; 42];
+                    let got = buf.copy_to(&mut head[..]);
+                    filter.learn(&head[..got]);
+                }
+                Ok(SOLO5_R_OK)
+            }
             n if n >= 0 => Ok(SOLO5_R_EUNSPEC),
             _ => failed("write"),
         }

@@ -1,5 +1,9 @@
 //! POLL: wait for a frame on any net device or for a timeout. A tap that reports an error or
 //! hang-up ends the wait, and the run: epoll would report it again at once, for ever.
+//!
+//! With the shared ring, a guest that waits for the ring's I/O thread sleeps in POLL too; that
+//! wait uses a second epoll set, with the thread's progress eventfd instead of the taps (see
+//! `ring::Ring::enter_poll`).
 
 use std::os::fd::{AsFd, RawFd};
 use std::time::Duration;
@@ -12,6 +16,7 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 /// index (< 64).
 const TIMER_TOKEN: u64 = u64::MAX;
 const WAKE_TOKEN: u64 = u64::MAX - 1;
+const PROGRESS_TOKEN: u64 = u64::MAX - 2;
 /// At most 63 devices plus the timer can be ready at once.
 const MAX_EVENTS: usize = 64;
 
@@ -23,6 +28,8 @@ pub enum PollError {
 
 pub struct Poller {
     epoll: Epoll,
+    /// The timer, the wake-up and the ring's progress eventfd: a wait for the ring's thread.
+    ring_epoll: Epoll,
     timer: TimerFd,
     /// Written by the signal handler (see `signals`): a signal always ends a wait.
     wake: nix::sys::eventfd::EventFd,
@@ -52,12 +59,22 @@ impl Poller {
         )
         .map_err(PollError::Setup)?;
         epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN)).map_err(PollError::Setup)?;
-        Ok(Poller { epoll, timer, wake })
+        let ring_epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(PollError::Setup)?;
+        ring_epoll.add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TIMER_TOKEN)).map_err(PollError::Setup)?;
+        ring_epoll.add(&wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN)).map_err(PollError::Setup)?;
+        Ok(Poller { epoll, ring_epoll, timer, wake })
     }
 
     /// Watches a net device's tap, reported as bit `handle` of the ready set.
     pub fn watch(&self, fd: impl AsFd, handle: u64) -> Result<(), PollError> {
         self.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, handle)).map_err(PollError::Setup)
+    }
+
+    /// Watches the ring's progress eventfd (edge-triggered: the thread writes it, nobody reads
+    /// it) in the ring set.
+    pub fn watch_ring(&self, fd: impl AsFd) -> Result<(), PollError> {
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+        self.ring_epoll.add(fd, EpollEvent::new(flags, PROGRESS_TOKEN)).map_err(PollError::Setup)
     }
 
     /// The epoll set, the timer and the signal wake-up eventfd.
@@ -66,8 +83,15 @@ impl Poller {
         [self.epoll.0.as_raw_fd(), self.timer.as_fd().as_raw_fd(), self.wake.as_fd().as_raw_fd()]
     }
 
-    /// Waits until a device is readable or `timeout_ns` passed. A zero timeout only looks.
-    pub fn wait(&self, timeout_ns: u64) -> Result<Wait, nix::Error> {
+    /// The ring's epoll set.
+    pub fn ring_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring_epoll.0.as_raw_fd()
+    }
+
+    /// Waits until a device is readable (or, with `ring`, until the ring's thread made
+    /// progress) or `timeout_ns` passed. A zero timeout only looks.
+    pub fn wait(&self, timeout_ns: u64, ring: bool) -> Result<Wait, nix::Error> {
         let mut events = [EpollEvent::empty(); MAX_EVENTS];
         let timeout = if timeout_ns == 0 {
             EpollTimeout::ZERO
@@ -76,7 +100,8 @@ impl Poller {
             self.timer.set(Expiration::OneShot(TimeSpec::from_duration(d)), TimerSetTimeFlags::empty())?;
             EpollTimeout::NONE
         };
-        let n = match self.epoll.wait(&mut events, timeout) {
+        let set = if ring { &self.ring_epoll } else { &self.epoll };
+        let n = match set.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(nix::Error::EINTR) => return Ok(Wait::Interrupted),
             Err(e) => return Err(e),

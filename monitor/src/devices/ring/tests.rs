@@ -36,6 +36,8 @@ fn rig() -> Rig {
         fault_b: AtomicU64::new(0),
         counters: (0..3).map(|_| Counters::default()).collect(),
         pid: 0,
+        vcpu_polling: AtomicBool::new(false),
+        progress: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     };
     Rig { ram, shared, tap, host_side }
 }
