@@ -159,7 +159,10 @@ impl Vm {
             Cpu::Kvm(m) => Some(m.vm.as_raw_fd()),
             Cpu::Process(_) => None,
         };
-        let keep: Vec<RawFd> = allow.fds().chain(vm_fd).collect();
+        // POLL's second epoll set is allowed only once the ring runs, but it must outlive the jail's
+        // closing of fds for the ring to join it.
+        let ring_poll = self.ring_gpa.map(|_| self.calls.poller.ring_fd());
+        let keep: Vec<RawFd> = allow.fds().chain(vm_fd).chain(ring_poll).collect();
         jail.enter(&keep)?;
         self.calls.ring = self.ring_gpa.and_then(|gpa| self.start_ring(gpa));
         if let Some(ring) = &self.calls.ring {
