@@ -77,6 +77,18 @@ impl Kernel {
     }
 }
 
+/// Whether `image` is meant for Solo5 at all: an ELF whose PT_NOTEs hold a Solo5 ABI note, of
+/// any target or version. A container runtime uses this to tell unikernels from ordinary
+/// programs; [`Kernel::parse`] then validates a unikernel fully.
+pub fn has_solo5_abi_note(image: &[u8]) -> bool {
+    let Ok(header) = goblin::elf::Elf::parse_header(image) else { return false };
+    if header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_ident[EI_DATA] != ELFDATA2LSB || header.e_phentsize != 56 {
+        return false;
+    }
+    let Ok(phdrs) = program_headers(image, &header) else { return false };
+    matches!(find_note(image, &phdrs, NOTE_TYPE_ABI, NOTE_ABI_MAX_DESC, 0), Ok(Some(_)))
+}
+
 fn check_header(image: &[u8]) -> Result<Header, ElfError> {
     let bad = ElfError::Invalid("invalid or unsupported executable (ELF header)");
     let header = goblin::elf::Elf::parse_header(image).map_err(|_| bad.clone())?;

@@ -469,12 +469,36 @@ pub fn decode_out(port: u16, data: &[u8]) -> Result<(Hypercall, u64), GuestError
 
 fn read_kernel(path: &Path) -> Result<Vec<u8>, Error> {
     let io_err = |e: std::io::Error| Error::Kernel { path: path.display().to_string(), reason: e.to_string() };
-    let meta = std::fs::metadata(path).map_err(io_err)?;
+    let file = match kernel_fd(path) {
+        // `@FD`: a runtime opened and checked this file; reading the fd itself means the file
+        // checked is the file run, whatever happens to the path meanwhile.
+        Some(fd) => {
+            // SAFETY: the fd number came from the command line; it is only borrowed long enough
+            // to duplicate it (an fd that is not open makes the dup fail with EBADF).
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            std::fs::File::from(borrowed.try_clone_to_owned().map_err(io_err)?)
+        }
+        None => std::fs::File::open(path).map_err(io_err)?,
+    };
+    let meta = file.metadata().map_err(io_err)?;
     if !meta.is_file() {
         return Err(Error::Kernel { path: path.display().to_string(), reason: "not a regular file".into() });
     }
     if meta.len() > MAX_KERNEL_FILE {
         return Err(Error::Kernel { path: path.display().to_string(), reason: "file too large".into() });
     }
-    std::fs::read(path).map_err(io_err)
+    // From offset 0 whatever the fd's position, and no more than the size checked above.
+    let mut image = vec![0; meta.len() as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut image, 0).map_err(io_err)?;
+    Ok(image)
+}
+
+/// The fd of a kernel given as `@FD` (as taps are given with `--net:NAME=@FD`); a file whose
+/// name starts with `@` is reached as `./@name`.
+pub fn kernel_fd(path: &Path) -> Option<RawFd> {
+    let digits = path.to_str()?.strip_prefix('@')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }

@@ -73,6 +73,18 @@ pub fn tender_path() -> PathBuf {
         .clone()
 }
 
+/// Lets the child `cmd` starts inherit `fd` (as `@FD` options expect).
+pub fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: between fork and exec the child only clears FD_CLOEXEC on an fd it inherited.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+}
+
 pub fn tender() -> Command {
     let mut c = Command::new(tender_path());
     c.stdin(Stdio::null());
