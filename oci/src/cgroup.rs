@@ -146,7 +146,16 @@ pub fn join(rel: &str) -> Result<(), CgroupError> {
 /// Removes the cgroup (its processes have ended). Best effort: a missing one is fine.
 pub fn remove(rel: &str) {
     for d in dirs(rel) {
-        let _ = std::fs::remove_dir(&d);
+        // EBUSY while the last task is still leaving (an ended process's exit is not yet
+        // complete): retry for a bounded while.
+        for _ in 0..200 {
+            match std::fs::remove_dir(&d) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => break,
+            }
+        }
         // The default parent, once its last container is gone.
         if rel.starts_with(DEFAULT_PARENT) {
             let _ = d.parent().map(std::fs::remove_dir);
