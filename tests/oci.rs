@@ -134,6 +134,57 @@ fn podman_runs_hello_with_its_exit_statuses() {
     assert_eq!(code, 3, "{err}");
     let (code, out, _) = p.run(&oci, &["--rm", "hello-image", "panic"]);
     assert_eq!(code, 255, "{out}");
+    // urunc's packaging: the unikernel and its command line from base64 annotations.
+    let (code, out, err) = p.run(
+        &oci,
+        &[
+            "--rm",
+            "--annotation",
+            &format!("com.urunc.unikernel.binary={}", b64("/hello")),
+            "--annotation",
+            &format!("com.urunc.unikernel.cmdline={}", b64("as packaged --for=urunc")),
+            "--annotation",
+            &format!("com.urunc.unikernel.hypervisor={}", b64("hvt")),
+            "hello-image",
+            "ignored",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cmdline: as packaged --for=urunc"), "{out}");
+    // ...or from /urunc.json in the rootfs, with a block image in the rootfs for the
+    // unikernel's block device (blk writes and verifies its pattern over it).
+    let json = p.dir.0.join("urunc.json");
+    let keys = format!(
+        r#"{{"com.urunc.unikernel.binary":"{}","com.urunc.unikernel.cmdline":"{}","com.urunc.unikernel.block":"{}","com.urunc.unikernel.hypervisor":"{}"}}"#,
+        b64("/unikernel/blk.hvt"),
+        b64(""),
+        b64("/disk.img"),
+        b64("hvt")
+    );
+    std::fs::write(&json, keys).unwrap();
+    let disk = p.dir.0.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 256 << 10]).unwrap();
+    let blk = guest("blk");
+    p.image(
+        "urunc-image",
+        &[(&blk, "/unikernel/blk.hvt"), (&disk, "/disk.img"), (&json, "/urunc.json")],
+        "/unikernel/blk.hvt",
+    );
+    let (code, out, err) = p.run(&oci, &["--rm", "urunc-image"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Base64, as urunc's annotations are written (RFC 4648, padded).
+fn b64(s: &str) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { ABC[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
 }
 
 #[test]
@@ -340,11 +391,21 @@ fn refusals_are_one_line_and_leave_nothing() {
     // container is not a unikernel and runc refuses it.
     let outside = bundle(&dir.0.join("o"), &[], &["/hello"], |_| {});
     std::os::unix::fs::symlink(&hello, outside.join("rootfs/hello")).unwrap();
+    let qemu = bundle(&dir.0.join("q"), &[(&hello, "/hello")], &["/hello"], |t| {
+        let a = format!(
+            "\"annotations\": {{\"com.urunc.unikernel.binary\": \"{}\", \"com.urunc.unikernel.hypervisor\": \"{}\"}}, \"ociVersion\"",
+            b64("/hello"),
+            b64("qemu")
+        );
+        *t = t.replacen("\"ociVersion\"", &a, 1)
+    });
     let missing = dir.0.join("nobundle");
     let json_log = dir.0.join("log.json");
-    for (bundle, want) in
-        [(forbidden.as_path(), "annotation com.tender.seccomp is not allowed"), (missing.as_path(), "bundle")]
-    {
+    for (bundle, want) in [
+        (forbidden.as_path(), "annotation com.tender.seccomp is not allowed"),
+        (missing.as_path(), "bundle"),
+        (qemu.as_path(), "tender runs only hvt unikernels"),
+    ] {
         let (code, _, err) = decode(
             Command::new(tender_oci_path())
                 .args(["--root", root.to_str().unwrap(), "--log", json_log.to_str().unwrap(), "--log-format", "json"])

@@ -15,7 +15,11 @@ use crate::detect::{self, Unikernel};
 use crate::init::{self, Init};
 use crate::plan::{PlanError, plan};
 use crate::state::{Owner, Record, Root, StateError, start_time};
+use crate::urunc::{self, Urunc};
 use crate::{cgroup, passthrough};
+
+/// urunc's packaging file in the rootfs.
+const URUNC_JSON: &str = "/urunc.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -33,6 +37,10 @@ pub enum CreateError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Pass(#[from] passthrough::PassError),
+    #[error(transparent)]
+    Urunc(#[from] urunc::UruncError),
+    #[error("urunc block {0}: not a file in the rootfs, or the unikernel has not exactly one block device")]
+    UruncBlock(String),
     #[error("process.terminal needs --console-socket")]
     NoConsoleSocket,
     #[error("a terminal (process.terminal) is not supported for unikernel containers yet")]
@@ -64,7 +72,16 @@ pub fn create(a: &CreateArgs) -> Result<i32, CreateError> {
     let root_path = spec.root().as_ref().map(|r| r.path().clone()).ok_or_else(|| bad("no root.path".into()))?;
     let rootfs = bundle.join(root_path);
     let args = spec.process().as_ref().and_then(|p| p.args().clone()).unwrap_or_default();
-    let found = match args.first() {
+    let json = match detect::open_in_root(&rootfs, URUNC_JSON)? {
+        Some(f) => Some(
+            std::io::read_to_string(std::io::Read::take(f, 64 << 10))
+                .map_err(|err| CreateError::Io { step: "reading urunc.json", err })?,
+        ),
+        None => None,
+    };
+    let urunc = urunc::parse(&spec.annotations().clone().unwrap_or_default(), json.as_deref())?;
+    let kernel = urunc.as_ref().map(|u| &u.binary).or(args.first());
+    let found = match kernel {
         Some(path) => match detect::open_in_root(&rootfs, path)? {
             Some(file) => detect::unikernel(file, path)?,
             None => None,
@@ -73,7 +90,7 @@ pub fn create(a: &CreateArgs) -> Result<i32, CreateError> {
     };
     let Some(unikernel) = found else { return pass_through(a, &spec, &bundle) };
     let dir = a.root.create_dir(a.id)?;
-    let result = create_unikernel(a, &spec, &bundle, &dir, unikernel);
+    let result = create_unikernel(a, &spec, &bundle, &dir, unikernel, urunc.map(|u| (u, rootfs)));
     if result.is_err() {
         if let Ok(r) = a.root.load(a.id)
             && let Some(cg) = &r.cgroup
@@ -96,7 +113,14 @@ fn pass_through(a: &CreateArgs, spec: &Spec, bundle: &Path) -> Result<i32, Creat
     Ok(status?)
 }
 
-fn create_unikernel(a: &CreateArgs, spec: &Spec, bundle: &Path, dir: &Path, uk: Unikernel) -> Result<(), CreateError> {
+fn create_unikernel(
+    a: &CreateArgs,
+    spec: &Spec,
+    bundle: &Path,
+    dir: &Path,
+    uk: Unikernel,
+    urunc: Option<(Urunc, PathBuf)>,
+) -> Result<(), CreateError> {
     let process = spec.process().as_ref();
     if process.and_then(|p| p.terminal()).unwrap_or(false) {
         return Err(if a.console_socket.is_some() { CreateError::Terminal } else { CreateError::NoConsoleSocket });
@@ -108,7 +132,22 @@ fn create_unikernel(a: &CreateArgs, spec: &Spec, bundle: &Path, dir: &Path, uk: 
         .map_err(|e| CreateError::Kernel(kernel_path.clone(), e))?
         .manifest;
     let nets: Vec<String> = manifest.devices(tender::manifest::DeviceKind::Net).map(|(_, n)| n).collect();
-    let plan = plan(spec, &nets)?;
+    let mut plan = plan(spec, &nets)?;
+    let mut keep = Vec::new();
+    if let Some((u, rootfs)) = urunc {
+        plan.kernel = u.binary;
+        plan.guest_args = u.cmdline;
+        if let Some(block) = u.block {
+            let blocks: Vec<String> = manifest.devices(tender::manifest::DeviceKind::Block).map(|(_, n)| n).collect();
+            let (Some(file), [name]) = (detect::open_in_root(&rootfs, &block)?, blocks.as_slice()) else {
+                return Err(CreateError::UruncBlock(block));
+            };
+            // tender opens the very file checked inside the rootfs, through the fd kept open.
+            let path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
+            plan.blocks.push(crate::plan::Block { name: name.clone(), path, sector_size: None });
+            keep.push(file);
+        }
+    }
 
     let mut record = Record::new(a.id, Owner::Tender, bundle, spec.annotations().clone().unwrap_or_default());
     let chroot = dir.join("root");
@@ -138,6 +177,7 @@ fn create_unikernel(a: &CreateArgs, spec: &Spec, bundle: &Path, dir: &Path, uk: 
         tender,
         chroot,
         fifo,
+        keep,
     };
     let namespaces = linux.and_then(|l| l.namespaces().clone()).unwrap_or_default();
     let pid = spawn(init, &namespaces, record.cgroup.as_deref())?;

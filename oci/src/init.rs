@@ -38,6 +38,8 @@ pub struct Init {
     pub tender: PathBuf,
     pub chroot: PathBuf,
     pub fifo: PathBuf,
+    /// Files tender reaches as `/proc/self/fd/N` (a urunc block image in the rootfs).
+    pub keep: Vec<File>,
 }
 
 /// Runs in the container's process; never returns. `ready` is the pipe to `create`: one line,
@@ -78,7 +80,8 @@ fn prepare(init: &Init) -> Result<Vec<CString>, InitError> {
     };
     check(init, net.as_ref())?;
     let kernel_fd = init.kernel.as_raw_fd();
-    for fd in std::iter::once(kernel_fd).chain(net.as_ref().map(|n| n.tap_fd)) {
+    let kept = init.keep.iter().map(AsRawFd::as_raw_fd);
+    for fd in std::iter::once(kernel_fd).chain(net.as_ref().map(|n| n.tap_fd)).chain(kept) {
         clear_cloexec(fd);
     }
     let argv = tender_command(&init.tender, &init.plan, kernel_fd, net.as_ref(), &init.chroot);

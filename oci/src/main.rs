@@ -11,6 +11,7 @@ mod network;
 mod passthrough;
 mod plan;
 mod state;
+mod urunc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
