@@ -524,7 +524,7 @@ impl Drop for Containerd {
             let _ = d.wait();
         }
         // containerd puts containers under a cgroup named after its namespace, and leaves it.
-        for ctl in ["blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids", "systemd"] {
+        for ctl in ["blkio", "cpu", "cpuacct", "cpuset", "devices", "freezer", "memory", "pids", "systemd", "unified"] {
             let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{ctl}/tnd"));
         }
     }
