@@ -14,6 +14,12 @@ command -v curl >/dev/null || need+=(curl)
 command -v gdb >/dev/null || need+=(gdb)
 command -v dig >/dev/null || need+=(dnsutils)
 command -v dnsmasq >/dev/null || need+=(dnsmasq-base)
+# tests/oci.rs: real engines around tender-oci. Named explicitly: without recommends podman
+# brings crun, not runc, and iptables (its NAT rules for -p) is only a suggestion.
+for pkg in podman runc containerd iptables; do
+    command -v "$pkg" >/dev/null || need+=("$pkg")
+done
+[ -x /bin/busybox ] || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "test.sh: missing tools (${need[*]}) and not root to install them" >&2

@@ -119,6 +119,34 @@ fn missing_and_non_elf_kernels() {
     assert_one_error_line(&err, "invalid executable");
 }
 
+/// `@FD` as the kernel: the file a runtime opened and checked is the file run, from offset 0
+/// whatever the fd's position; an fd that is not open is one clear line.
+#[test]
+fn kernel_from_an_open_fd() {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(hello()).unwrap();
+    let mut first = [0u8; 16];
+    file.read_exact(&mut first).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut cmd = tender();
+    cmd.args([format!("@{fd}"), "from-fd".into()]);
+    inherit_fd(&mut cmd, fd);
+    let (code, out, err) = decode(cmd.output().unwrap());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cmdline: from-fd"), "{out}");
+    let (code, _, err) = run(&["@99"]);
+    assert_eq!(code, 1);
+    assert_one_error_line(&err, "@99: Bad file descriptor");
+}
+
+/// The check a container runtime uses to tell unikernels from ordinary programs.
+#[test]
+fn solo5_abi_note_tells_unikernels_from_programs() {
+    assert!(tender::elf::has_solo5_abi_note(&std::fs::read(hello()).unwrap()));
+    assert!(!tender::elf::has_solo5_abi_note(&std::fs::read(tender_path()).unwrap()));
+    assert!(!tender::elf::has_solo5_abi_note(b"#!/bin/sh\n"));
+}
+
 /// Byte-level edits of the real hello ELF.
 struct Image {
     bytes: Vec<u8>,

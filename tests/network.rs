@@ -189,6 +189,8 @@ fn bad_net_options_are_rejected() {
         (vec!["--net:service=@99", &g], "not an open tap device"),
         (vec!["--net:service=@0", &g], "not an open tap device"),
         (vec!["--net:service=tap0", "--net-mac:service=zz:00:00:00:00:00", &g], "malformed MAC"),
+        // With the shorthand, `--net-mac:NAME` names the only net device: a wrong NAME is caught.
+        (vec!["--net", "tap0", "--net-mac:other=02:00:00:00:00:01", &g], "Resource not declared in manifest: 'other'"),
     ] {
         let out = ns.tender().args(&args).output().expect("run tender");
         let (code, stdout, stderr) = decode(out);
@@ -198,7 +200,8 @@ fn bad_net_options_are_rejected() {
 }
 
 /// `--dhcp`: the guest takes its address from a DHCP server (dnsmasq, inside the namespace,
-/// with a fixed address for the guest's MAC, which `--net-mac` sets).
+/// with a fixed address for the guest's MAC, which `--net-mac` sets, here beside the `--net TAP`
+/// shorthand, which it may name).
 #[test]
 fn dhcp_configures_the_guest() {
     let g = ping_guest("ping");
@@ -219,7 +222,7 @@ fn dhcp_configures_the_guest() {
     let dhcp_server = Running::spawn(server);
     std::thread::sleep(std::time::Duration::from_millis(500)); // let it bind before the guest asks
     let mut cmd = ns.tender();
-    cmd.args(["--net:service=tap0", "--net-mac:service=02:00:00:00:00:77", &g, "--dhcp"]);
+    cmd.args(["--net", "tap0", "--net-mac:service=02:00:00:00:00:77", &g, "--dhcp"]);
     let guest = Running::spawn(cmd);
     assert!(wait_for_ping(&ns, "10.0.0.77", 30), "the guest never answered at its DHCP address");
     let out = ping(&ns, &["-c", "3", "-i", "0.2", "10.0.0.77"]);

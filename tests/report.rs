@@ -86,14 +86,7 @@ fn report_to_an_open_fd() {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
     let mut cmd = tender();
     cmd.arg(format!("--report=@{fd}")).arg(hello());
-    // SAFETY: between fork and exec the child only clears FD_CLOEXEC on an inherited fd.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            libc::fcntl(fd, libc::F_SETFD, 0);
-            Ok(())
-        });
-    }
+    inherit_fd(&mut cmd, fd);
     let (code, _, err) = decode(cmd.output().unwrap());
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read_to_string(&path).unwrap().contains("guest_exit"));

@@ -27,7 +27,8 @@ pub const VALUE_OPTIONS: [&str; 10] =
       --block-sector-size:NAME=N     Block size of NAME (a power of two >= 512; default 512)
       --net:NAME=IFACE               Attach net device NAME to the existing tap interface IFACE
       --net:NAME=@FD                 Attach net device NAME to the open tap file descriptor FD
-      --net-mac:NAME=xx:xx:xx:xx:xx:xx  MAC address of NAME (default: random, locally administered)
+      --net-mac:NAME=xx:xx:xx:xx:xx:xx  MAC address of NAME (default: random, locally administered);
+                                     NAME may be the device that `--net IFACE` attaches
 
 Everything after KERNEL is passed to the guest as its command line.
 `tender inspect [--abi] [--format=json|text] KERNEL` prints what KERNEL declares, without running
@@ -80,7 +81,7 @@ struct Cli {
     /// Print version and ABI version
     #[arg(long)]
     version: bool,
-    /// The unikernel ELF
+    /// The unikernel ELF: a path, or @FD for an open file descriptor FD
     #[arg(value_name = "KERNEL")]
     kernel: Option<PathBuf>,
 }
@@ -290,8 +291,18 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErr
             }
             "net-mac" => {
                 let mac = parse_mac(n.value).ok_or_else(|| CliError(format!("{opt}: malformed MAC address")))?;
-                let spec = config.nets.iter_mut().find(|s| s.name == name);
-                spec.ok_or_else(|| CliError(format!("{opt}: no --net:{}=IFACE given", n.name)))?.mac = Some(mac);
+                let only_unnamed = config.nets.len() == 1 && config.nets[0].name.is_none();
+                let spec = match config.nets.iter_mut().position(|s| s.name == name) {
+                    Some(i) => &mut config.nets[i],
+                    // `--net TAP` for the only net device: this names it, so attaching checks
+                    // that NAME is that device.
+                    None if only_unnamed => {
+                        config.nets[0].name = name;
+                        &mut config.nets[0]
+                    }
+                    None => return Err(CliError(format!("{opt}: no --net:{}=IFACE given", n.name))),
+                };
+                spec.mac = Some(mac);
             }
             _ => return Err(invalid(&opt)),
         }
@@ -373,6 +384,9 @@ mod tests {
         assert_eq!(c.blocks[0].block_size, Some(4096));
         assert_eq!(c.nets[0].source, TapSource::Fd(3));
         assert_eq!(c.nets[0].mac, Some([2, 0, 0, 0, 0, 1]));
+        let c = run(&["--net", "tap0", "--net-mac:service=02:00:00:00:00:02", "k"]).unwrap();
+        assert_eq!(c.nets[0].name.as_deref(), Some("service"), "the shorthand's device gets the MAC's name");
+        assert_eq!(c.nets[0].mac, Some([2, 0, 0, 0, 0, 2]));
     }
 
     #[test]
@@ -389,6 +403,7 @@ mod tests {
             (&["--block:d=/x", "--block-sector-size:d=1000", "k"][..], "power of two"),
             (&["--net:n=@x", "k"][..], "Malformed file descriptor"),
             (&["--net:n=t", "--net-mac:n=zz", "k"][..], "malformed MAC"),
+            (&["--net:n=t", "--net-mac:m=02:00:00:00:00:01", "k"][..], "no --net:m=IFACE given"),
             (&["--net:n=t", "--net-mac:n=+2:00:00:00:00:01", "k"][..], "malformed MAC"),
         ] {
             let e = run(args).unwrap_err().0;

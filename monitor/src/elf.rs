@@ -68,17 +68,42 @@ pub struct Kernel {
     pub manifest: Manifest,
 }
 
-/// Reads a kernel file, refusing what cannot be one before reading it all.
+/// Reads a kernel file (a path, or `@FD` for an open fd), refusing what cannot be one before
+/// reading it all.
 pub fn read_image(path: &Path) -> Result<Vec<u8>, ElfError> {
     let io_err = |e: std::io::Error| ElfError::File(e.to_string());
-    let meta = std::fs::metadata(path).map_err(io_err)?;
+    let file = match kernel_fd(path) {
+        // `@FD`: a runtime opened and checked this file; reading the fd itself means the file
+        // checked is the file run, whatever happens to the path meanwhile.
+        Some(fd) => {
+            // SAFETY: the fd number came from the command line; it is only borrowed long enough
+            // to duplicate it (an fd that is not open makes the dup fail with EBADF).
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            std::fs::File::from(borrowed.try_clone_to_owned().map_err(io_err)?)
+        }
+        None => std::fs::File::open(path).map_err(io_err)?,
+    };
+    let meta = file.metadata().map_err(io_err)?;
     if !meta.is_file() {
         return Err(ElfError::File("not a regular file".into()));
     }
     if meta.len() > MAX_KERNEL_FILE {
         return Err(ElfError::File("file too large".into()));
     }
-    std::fs::read(path).map_err(io_err)
+    // From offset 0 whatever the fd's position, and no more than the size checked above.
+    let mut image = vec![0; meta.len() as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut image, 0).map_err(io_err)?;
+    Ok(image)
+}
+
+/// The fd of a kernel given as `@FD` (as taps are given with `--net:NAME=@FD`); a file whose
+/// name starts with `@` is reached as `./@name`.
+pub fn kernel_fd(path: &Path) -> Option<std::os::fd::RawFd> {
+    let digits = path.to_str()?.strip_prefix('@')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 impl Kernel {
@@ -97,6 +122,18 @@ impl Kernel {
         let kernel_end = segments.iter().map(|s| s.end).max().unwrap_or(GUEST_MIN_BASE);
         Ok(Kernel { entry: header.e_entry, segments, kernel_end, manifest })
     }
+}
+
+/// Whether `image` is meant for Solo5 at all: an ELF whose PT_NOTEs hold a Solo5 ABI note, of
+/// any target or version. A container runtime uses this to tell unikernels from ordinary
+/// programs; [`Kernel::parse`] then validates a unikernel fully.
+pub fn has_solo5_abi_note(image: &[u8]) -> bool {
+    let Ok(header) = goblin::elf::Elf::parse_header(image) else { return false };
+    if header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_ident[EI_DATA] != ELFDATA2LSB || header.e_phentsize != 56 {
+        return false;
+    }
+    let Ok(phdrs) = program_headers(image, &header) else { return false };
+    matches!(find_note(image, &phdrs, NOTE_TYPE_ABI, NOTE_ABI_MAX_DESC, 0), Ok(Some(_)))
 }
 
 fn check_header(image: &[u8]) -> Result<Header, ElfError> {

@@ -89,6 +89,34 @@ pub fn tender_path() -> PathBuf {
         .clone()
 }
 
+/// Lets the child `cmd` starts inherit `fd` (as `@FD` options expect).
+pub fn inherit_fd(cmd: &mut Command, fd: std::os::fd::RawFd) {
+    // SAFETY: between fork and exec the child only clears FD_CLOEXEC on an fd it inherited.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            libc::fcntl(fd, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+}
+
+/// tender-oci, built for this test binary's profile, beside the tender it runs (a `TENDER_BIN`
+/// elsewhere is not used: tender-oci runs the tender in its own directory).
+pub fn tender_oci_path() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile = profile_dir();
+            match profile.file_name().and_then(|n| n.to_str()) {
+                Some("release") => cargo_build(&["--release", "-p", "tender", "-p", "tender-oci", "--bins"]),
+                _ => cargo_build(&["-p", "tender", "-p", "tender-oci", "--bins"]),
+            }
+            profile.join("tender-oci")
+        })
+        .clone()
+}
+
 pub fn tender() -> Command {
     let mut c = Command::new(tender_path());
     c.stdin(Stdio::null());
