@@ -1,6 +1,6 @@
 //! tender-oci under real engines: podman (in a network namespace the test makes, with its own
 //! storage), and tender-oci's own command line as engines call it. Images are built locally
-//! `FROM scratch` and run with `--pull=never`: no test contacts a registry.
+//! `FROM scratch` and every run passes `--pull=never`: nothing is fetched.
 
 mod common;
 

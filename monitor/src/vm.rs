@@ -53,6 +53,8 @@ pub struct Vm {
     calls: Hypercalls,
     /// Where the ring goes, when the memory layout has room for one; it starts in `confine`.
     ring_gpa: Option<u64>,
+    /// The `host_features` bits a running ring sets (its net and block halves).
+    ring_features: u32,
     /// Written into guest memory by `confine`, once the ring's start is known.
     boot_info: Option<BootInfo>,
     /// Files the caller still writes at exit (the report), kept open by the jail and allowed by
@@ -116,10 +118,13 @@ impl Vm {
         let stats = Stats {
             devices: devices
                 .iter()
-                .map(|d| match d {
-                    Device::Block(b) => DeviceStats { name: b.name.clone(), kind: "block", ..Default::default() },
-                    Device::Net(n) => DeviceStats { name: n.name.clone(), kind: "net", ..Default::default() },
-                    Device::None => DeviceStats::default(),
+                .map(|d| {
+                    let kind = match d {
+                        Device::Block(_) => "block",
+                        Device::Net(_) => "net",
+                        Device::None => "",
+                    };
+                    DeviceStats { name: d.name().into(), kind, ..Default::default() }
                 })
                 .collect(),
             ..Default::default()
@@ -128,6 +133,7 @@ impl Vm {
             cpu,
             calls: Hypercalls { ring: None, ram, devices, poller, stats },
             ring_gpa: (total > limit).then_some(limit),
+            ring_features: ring_features(has_net, has_block),
             boot_info: Some(layout.boot_info),
             exit_files: Vec::new(),
             debugger: config.debugger,
@@ -168,10 +174,8 @@ impl Vm {
         if let Some(ring) = &self.calls.ring {
             self.calls.poller.watch_ring(ring.progress())?;
         }
-        let has = |kind: fn(&Device) -> bool| self.calls.devices.iter().any(kind);
-        let (has_net, has_block) = (has(|d| matches!(d, Device::Net(_))), has(|d| matches!(d, Device::Block(_))));
         let (net_ring, mut features) = match (&self.calls.ring, self.ring_gpa) {
-            (Some(_), Some(gpa)) => (gpa, ring_features(has_net, has_block)),
+            (Some(_), Some(gpa)) => (gpa, self.ring_features),
             _ => (0, 0),
         };
         if let Cpu::Process(_) = self.cpu {
@@ -201,7 +205,7 @@ impl Vm {
             .devices
             .iter()
             .map(|d| match d {
-                Device::Net(n) => Target::Net(n.io()),
+                Device::Net(n) => Target::Net(n.io().clone()),
                 Device::Block(b) => Target::Block(b.io()),
                 Device::None => Target::None,
             })

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use core::fmt::Write as _;
 
 use guest_rt::net::smoltcp::iface::SocketHandle;
-use guest_rt::net::{ListenConfig, Stack, connection_limit};
+use guest_rt::net::{ListenConfig, Progress, Stack, connection_limit};
 use guest_rt::println;
 
 guest_rt::unikernel!(main, net: ["service"]);
@@ -47,15 +47,6 @@ struct Counters {
     syns_dropped: u64,
     /// Sockets the stack holds (listening, connected, closing).
     sockets: usize,
-}
-
-/// What one turn of [`serve`] did with a connection.
-#[derive(PartialEq, Eq)]
-enum Progress {
-    Idle,
-    Worked,
-    /// The connection is over: close it and free it.
-    Done,
 }
 
 fn main() -> i32 {
@@ -111,19 +102,7 @@ fn main() -> i32 {
             counters.connections += 1;
             worked = true;
         }
-        let mut i = 0;
-        while i < conns.len() {
-            match serve(&mut net, &mut conns[i], &mut counters, &mut response) {
-                Progress::Idle => {}
-                Progress::Worked => worked = true,
-                Progress::Done => {
-                    net.tcp_close(conns.swap_remove(i).socket);
-                    worked = true;
-                    continue;
-                }
-            }
-            i += 1;
-        }
+        worked |= net.serve_connections(&mut conns, |c| c.socket, |net, c| serve(net, c, &mut counters, &mut response));
         if worked || net.busy() {
             continue;
         }

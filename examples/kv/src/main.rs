@@ -23,7 +23,7 @@ use alloc::vec::Vec;
 use core::fmt::Write as _;
 
 use guest_rt::net::smoltcp::iface::SocketHandle;
-use guest_rt::net::{ListenConfig, Stack, connection_limit};
+use guest_rt::net::{ListenConfig, Progress, Stack, connection_limit};
 use guest_rt::{BlockDevice, println};
 use store::{Store, StoreError};
 
@@ -98,19 +98,7 @@ fn main() -> i32 {
             conns.push(Conn { socket, line: Vec::new() });
             worked = true;
         }
-        let mut i = 0;
-        while i < conns.len() {
-            match serve(&mut net, &mut conns[i], &mut store, &mut reply) {
-                Progress::Idle => {}
-                Progress::Worked => worked = true,
-                Progress::Done => {
-                    net.tcp_close(conns.swap_remove(i).socket);
-                    worked = true;
-                    continue;
-                }
-            }
-            i += 1;
-        }
+        worked |= net.serve_connections(&mut conns, |c| c.socket, |net, c| serve(net, c, &mut store, &mut reply));
         if worked || net.busy() {
             continue;
         }
@@ -118,14 +106,7 @@ fn main() -> i32 {
     }
 }
 
-/// What one turn of [`serve`] did with a connection.
-enum Progress {
-    Idle,
-    Worked,
-    /// The connection is over: close it and free it.
-    Done,
-}
-
+/// Moves one connection forward.
 fn serve(net: &mut Stack, c: &mut Conn, store: &mut Store, reply: &mut String) -> Progress {
     let s = net.tcp(c.socket);
     let mut worked = false;

@@ -66,6 +66,15 @@ const MAX_SLEEP_NS: u64 = 10_000_000_000;
 /// a SYN until a listening socket is opened; frames per poll stay bounded by the receive budget.
 const MAX_PASSES: usize = 2 * phy::RX_BATCH as usize;
 
+/// What serving a connection once did ([`Stack::serve_connections`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Idle,
+    Worked,
+    /// The connection is over: close it and free it.
+    Done,
+}
+
 /// The smoltcp clock: guest-rt's monotonic clock.
 pub fn now() -> Instant {
     Instant::from_micros((crate::monotonic_ns() / 1000) as i64)
@@ -198,6 +207,31 @@ impl Stack {
     /// read what it holds as usual.
     pub fn accept(&mut self, listener: TcpListener) -> Option<SocketHandle> {
         self.listeners[listener.0].accept(&mut self.sockets)
+    }
+
+    /// Moves every accepted connection in `conns` forward with `serve`, closing (and dropping)
+    /// those it reports [`Progress::Done`]; `socket` names a connection's socket. True if any
+    /// connection did something, so the caller polls again before it waits.
+    pub fn serve_connections<C>(
+        &mut self,
+        conns: &mut Vec<C>,
+        socket: impl Fn(&C) -> SocketHandle,
+        mut serve: impl FnMut(&mut Stack, &mut C) -> Progress,
+    ) -> bool {
+        let mut worked = false;
+        let mut i = 0;
+        while i < conns.len() {
+            match serve(self, &mut conns[i]) {
+                Progress::Idle => i += 1,
+                Progress::Worked => (worked, i) = (true, i + 1),
+                Progress::Done => {
+                    let done = conns.swap_remove(i);
+                    self.tcp_close(socket(&done));
+                    worked = true;
+                }
+            }
+        }
+        worked
     }
 
     /// Closes a TCP connection (queued data is sent first, then FIN) and gives its socket back:

@@ -49,7 +49,8 @@ pub struct NetDevice {
     tap: OwnedFd,
     pub mac: [u8; 6],
     pub mtu: u16,
-    filter: Arc<RxFilter>,
+    /// Frame I/O on the tap, with its receive filter; built once, so a hypercall borrows it.
+    io: TapIo,
 }
 
 impl NetDevice {
@@ -66,7 +67,8 @@ impl NetDevice {
             None => random_mac().map_err(attach_err)?,
         };
         let filter = RxFilter::attach(tap.as_raw_fd(), mac).map_err(|err| NetError::Filter { iface, err })?;
-        Ok(NetDevice { name: name.into(), tap, mac, mtu, filter: Arc::new(filter) })
+        let io = TapIo { fd: tap.as_raw_fd(), mtu, filter: Some(Arc::new(filter)) };
+        Ok(NetDevice { name: name.into(), tap, mac, mtu, io })
     }
 
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -79,8 +81,9 @@ impl NetDevice {
     }
 
     /// What NET_READ and NET_WRITE need, for the vCPU thread and the net ring's I/O thread.
-    pub fn io(&self) -> TapIo {
-        TapIo { fd: self.raw_fd(), mtu: self.mtu, filter: Some(self.filter.clone()) }
+    /// The tap's frame I/O, for the hypercalls and (cloned) for the ring's thread.
+    pub fn io(&self) -> &TapIo {
+        &self.io
     }
 }
 

@@ -1,7 +1,9 @@
 //! A small x86-64 decoder for the instructions a process-mode guest may trap on: port I/O (the
 //! hypercalls) and the privileged instructions Solo5's hvt bindings execute at start and exit.
-//! It finds what the instruction is and how long it is, so that the trap handler can emulate it
-//! and resume after it; everything else is `None`, and the trap is the guest's fault.
+//! It finds what the instruction is and how long it is. The trap handler acts on `out` (the
+//! hypercalls and the ring's kick) and names `in` in its error; the privileged instructions are
+//! recognised but not emulated yet (docs/PROCESS_MODE.md, Status), so a guest that executes one
+//! ends as on any other CPU exception. Everything else is `None`, and the trap is the guest's.
 
 /// Where an `in` or `out` takes its port from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
