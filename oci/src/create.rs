@@ -166,7 +166,13 @@ fn create_unikernel(
     )? {
         record.cgroup = Some(cg);
     }
-    a.root.save(&record)?;
+    if let Err(e) = a.root.save(&record) {
+        // The caller's clean-up finds the cgroup through the saved record, which is not there.
+        if let Some(cg) = &record.cgroup {
+            cgroup::remove(cg);
+        }
+        return Err(e.into());
+    }
 
     let tender = tender_binary()?;
     let init = Init {
@@ -181,13 +187,21 @@ fn create_unikernel(
     };
     let namespaces = linux.and_then(|l| l.namespaces().clone()).unwrap_or_default();
     let pid = spawn(init, &namespaces, record.cgroup.as_deref())?;
-    record.pid = pid;
-    record.start_time = start_time(pid).ok_or_else(|| CreateError::Init("the container process died".into()))?;
-    a.root.save(&record)?;
-    if let Some(p) = a.pid_file {
-        std::fs::write(p, pid.to_string()).map_err(io("pid file"))?;
+    let recorded = (|| {
+        record.pid = pid;
+        record.start_time = start_time(pid).ok_or_else(|| CreateError::Init("the container process died".into()))?;
+        a.root.save(&record)?;
+        if let Some(p) = a.pid_file {
+            std::fs::write(p, pid.to_string()).map_err(io("pid file"))?;
+        }
+        Ok(())
+    })();
+    if recorded.is_err() {
+        // Nothing will start or delete it: end the waiting process (and with it the tap and the
+        // kernel fd) before the caller removes its cgroup and state.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
-    Ok(())
+    recorded
 }
 
 /// tender, beside this binary.

@@ -194,7 +194,7 @@ pub fn tender_command(
         }
     }
     if let (Some(name), Some(net)) = (&plan.net, net) {
-        cmd.push(format!("--net:{name}={}", format_args!("@{}", net.tap_fd)));
+        cmd.push(format!("--net:{name}=@{}", net.tap_fd));
         if let Some(m) = net.mac {
             let mac = m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             cmd.push(format!("--net-mac:{name}={mac}"));
