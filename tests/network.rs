@@ -252,3 +252,127 @@ fn frame_costs_on_the_ring_and_on_hypercalls() {
         assert!(out.contains(&want) && out.contains(" ns per call; send of 60 bytes: "), "{out}");
     }
 }
+
+/// One counter of the tap's host side (`/sys/class/net/TAP/statistics/NAME`), read inside `ns`.
+fn tap_stat(ns: &NetNs, tap: &str, name: &str) -> u64 {
+    let out = ns.command("cat").arg(format!("/sys/class/net/{tap}/statistics/{name}")).output().expect("run cat");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{tap} {name}: {out:?}"))
+}
+
+/// Sends `frames` as they are on `iface` (the host side of a tap) from a raw packet socket
+/// inside `ns`: they go to the guest as if a bridge had forwarded them.
+fn send_frames(ns: &NetNs, iface: &str, frames: Vec<Vec<u8>>) {
+    let iface = std::ffi::CString::new(iface).unwrap();
+    in_netns(ns, move || {
+        // SAFETY: plain socket calls on a socket this closure owns; `addr` is a sockaddr_ll that
+        // outlives the calls, and every buffer is a live Vec.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(iface.as_ptr()) as i32;
+            let len = size_of::<libc::sockaddr_ll>() as u32;
+            assert_eq!(libc::bind(fd, (&raw const addr).cast(), len), 0, "{}", std::io::Error::last_os_error());
+            for f in &frames {
+                assert_eq!(libc::send(fd, f.as_ptr().cast(), f.len(), 0), f.len() as isize, "send a frame");
+            }
+            libc::close(fd);
+        }
+    });
+}
+
+const GUEST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const HOST_IP: [u8; 4] = [10, 0, 0, 1];
+const GUEST_IP: [u8; 4] = [10, 0, 0, 2];
+
+/// The MAC address of `iface` inside `ns`.
+fn mac_of(ns: &NetNs, iface: &str) -> [u8; 6] {
+    let out = ns.command("cat").arg(format!("/sys/class/net/{iface}/address")).output().expect("run cat");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bytes: Vec<u8> = text.trim().split(':').map(|b| u8::from_str_radix(b, 16).expect("a MAC")).collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// A broadcast ARP request from the host (`host_mac`) for `target`.
+fn arp_request(host_mac: [u8; 6], target: [u8; 4]) -> Vec<u8> {
+    let mut f = [[0xff; 6].as_slice(), &host_mac, &[0x08, 0x06]].concat();
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&host_mac);
+    f.extend_from_slice(&HOST_IP);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target);
+    f.resize(60, 0);
+    f
+}
+
+/// A UDP datagram from the host's port 40000 to `dst_ip:port`, in a frame for `dst_mac`.
+fn udp_frame(host_mac: [u8; 6], dst_mac: [u8; 6], dst_ip: [u8; 4], port: u16) -> Vec<u8> {
+    let payload = b"filter test";
+    let udp_len = 8 + payload.len() as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+    ip.extend_from_slice(&HOST_IP);
+    ip.extend_from_slice(&dst_ip);
+    let sum = ip.chunks(2).fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut f = [dst_mac.as_slice(), &host_mac, &[0x08, 0x00], &ip].concat();
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0]); // no UDP checksum
+    f.extend_from_slice(payload);
+    f
+}
+
+/// tender's receive filter on the tap (monitor/src/devices/rx_filter), end to end: frames the
+/// guest would drop (a broadcast ARP request for another address, a unicast frame for another
+/// MAC) never reach the tap's queue, where the kernel counts them as dropped; the frames it
+/// needs (an ARP request for its address, a frame to its MAC, a broadcast) all reach it, and the
+/// guest reads exactly what reached the queue (the report's read_ops). No timing is asserted.
+#[test]
+fn the_receive_filter_drops_only_frames_the_guest_would_drop() {
+    let g = ping_guest("ping");
+    let ns = NetNs::new("rxflt");
+    let out = ns.command("sysctl").args(["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    ns.tap("tap0", "10.0.0.1/24", 1500);
+    let dir = TempDir::new("rxflt");
+    let report = dir.0.join("report.json");
+    let mut cmd = ns.tender();
+    cmd.arg(format!("--report={}", report.display()));
+    cmd.args(["--net:service=tap0", "--net-mac:service=02:00:00:00:00:02", &g, "--ipv4=10.0.0.2/24"]);
+    let guest = Running::spawn(cmd);
+    // The host's ARP request for 10.0.0.2 and the guest's reply teach the filter its address.
+    assert!(wait_for_port_unreachable(&ns, "10.0.0.2", 30), "guest never answered");
+
+    let host = mac_of(&ns, "tap0");
+    let (dropped, queued) = (tap_stat(&ns, "tap0", "tx_dropped"), tap_stat(&ns, "tap0", "tx_packets"));
+    let mut drop = Vec::new();
+    let mut pass = Vec::new();
+    for _ in 0..40 {
+        drop.push(arp_request(host, [10, 0, 0, 99]));
+        drop.push(udp_frame(host, [2, 0, 0, 0, 0, 0x63], GUEST_IP, 9));
+    }
+    for _ in 0..20 {
+        pass.push(arp_request(host, GUEST_IP));
+        pass.push(udp_frame(host, GUEST_MAC, GUEST_IP, 9));
+        pass.push(udp_frame(host, [0xff; 6], [255; 4], 68));
+    }
+    let (n_drop, n_pass) = (drop.len() as u64, pass.len() as u64);
+    send_frames(&ns, "tap0", drop);
+    send_frames(&ns, "tap0", pass);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(wait_for_port_unreachable(&ns, "10.0.0.2", 30), "the guest stopped answering");
+
+    let dropped = tap_stat(&ns, "tap0", "tx_dropped") - dropped;
+    let queued = tap_stat(&ns, "tap0", "tx_packets") - queued;
+    assert_eq!(dropped, n_drop, "the filter drops the frames for another address or MAC, and only those");
+    assert!(queued >= n_pass, "{queued} frames reached the guest's queue, {n_pass} sent that must");
+    let (code, out, err) = guest.stop();
+    assert_eq!(code, 1, "{out}{err}");
+    let report = std::fs::read_to_string(&report).unwrap();
+    let total = tap_stat(&ns, "tap0", "tx_packets");
+    assert_eq!(report_number(&report, "read_ops"), total, "the guest read every queued frame: {report}");
+}
