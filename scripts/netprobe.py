@@ -16,8 +16,11 @@ namespace those scripts create (it talks only to addresses inside it).
       /proc/PID/smaps, split into the guest's memory (the run of adjacent anonymous mappings
       that adds up to GUEST_KB: tender maps it once and splits it with mprotect) and tender's
       own; prints the median and max of each.
-  netprobe.py echo ADDR PORT COUNT
-      UDP round trips to an echo server, one in flight: prints the median in microseconds.
+  netprobe.py latency ROUNDS COUNT NAME=udp:ADDR:PORT:PID|NAME=icmp:ADDR ...
+      Round trips one at a time (64-byte UDP datagrams to an echo server, or ICMP echo requests,
+      which the kernel answers itself), COUNT to each target in turn, ROUNDS times, so that
+      every target sees the same conditions; prints the median, 99th percentile and, for a
+      target with a PID, the CPU time of that process per round trip (all threads, schedstat).
 """
 import os
 import select
@@ -209,22 +212,76 @@ def procstats(pid_file, guest_kb):
         print(f"  {key:14} median {med(values):6} KiB, max {max(values):6} KiB")
 
 
-def echo(addr, port, count):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(1)
-    s.connect((addr, int(port)))
-    rtts = []
-    for _ in range(int(count)):
+class Target:
+    """One echo target of `latency`: `udp:ADDR:PORT:PID` or `icmp:ADDR`."""
+
+    def __init__(self, spec):
+        self.name, spec = spec.rsplit("=", 1)
+        kind, addr, *rest = spec.split(":")
+        self.icmp = kind == "icmp"
+        self.pid = int(rest[1]) if len(rest) > 1 else None
+        if self.icmp:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            self.sock.connect((addr, 0))
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.connect((addr, int(rest[0])))
+        self.sock.settimeout(1)
+        self.seq, self.rtts, self.cpu, self.lost = 0, [], {}, 0
+
+    def once(self):
+        """One round trip, in ns (None if lost)."""
+        self.seq = (self.seq + 1) & 0xFFFF
+        if self.icmp:
+            msg = struct.pack("!BBHHH", 8, 0, 0, 0x7E57, self.seq) + b"x" * 56
+            msg = msg[:2] + struct.pack("!H", checksum(msg)) + msg[4:]
+        else:
+            msg = b"x" * 64
         t = time.perf_counter_ns()
-        s.send(b"x" * 64)
+        self.sock.send(msg)
         try:
-            s.recv(2048)
+            while True:
+                reply = self.sock.recv(2048)
+                # A raw socket gets the IP header; an echo reply (type 0) with our sequence.
+                if not self.icmp or (reply[20] == 0 and struct.unpack("!H", reply[26:28])[0] == self.seq):
+                    return time.perf_counter_ns() - t
         except socket.timeout:
+            self.lost += 1
+            return None
+
+    def run(self, count):
+        before = cpu_ns(self.pid) if self.pid else {}
+        for _ in range(count):
+            rtt = self.once()
+            if rtt is not None:
+                self.rtts.append(rtt)
+        for k, v in (cpu_ns(self.pid) if self.pid else {}).items():
+            self.cpu[k] = self.cpu.get(k, 0) + v - before.get(k, 0)
+
+
+def latency(rounds, count, *specs):
+    targets = [Target(s) for s in specs]
+    for t in targets:  # warm-up: ARP, caches, the first spins
+        for _ in range(200):
+            t.once()
+        t.lost = 0
+    for _ in range(int(rounds)):
+        for t in targets:
+            t.run(int(count))
+    print(f"{rounds} rounds of {count} round trips to each target in turn, one in flight")
+    for t in targets:
+        r = sorted(t.rtts)
+        if not r:
+            print(f"  {t.name}: no answer")
             continue
-        rtts.append(time.perf_counter_ns() - t)
-    rtts.sort()
-    print(f"{rtts[len(rtts) // 2] / 1000:.1f} us median of {len(rtts)} round trips")
+        line = f"  {t.name}: median {r[len(r) // 2] / 1000:.1f} us, p99 {r[len(r) * 99 // 100] / 1000:.1f} us"
+        line += f" ({len(r)} round trips, {t.lost} lost)"
+        if t.cpu:
+            per = {k: v / len(r) / 1000 for k, v in t.cpu.items()}
+            detail = ", ".join(f"{k} {v:.1f}" for k, v in sorted(per.items()))
+            line += f"; tender CPU {sum(per.values()):.1f} us per round trip ({detail})"
+        print(line)
 
 
 if __name__ == "__main__":
-    {"wake": wake, "probe": probe, "procstats": procstats, "echo": echo}[sys.argv[1]](*sys.argv[2:])
+    {"wake": wake, "probe": probe, "procstats": procstats, "latency": latency}[sys.argv[1]](*sys.argv[2:])

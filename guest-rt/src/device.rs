@@ -262,6 +262,13 @@ impl NetDevice {
         let (code, len) = crate::ring::recv(self.handle, buf).unwrap_or_else(|| hypercall::net_read(self.handle, buf));
         result(code).map(|()| len)
     }
+
+    /// Receives one frame through the shared ring even when the tender's I/O thread sleeps
+    /// (the post wakes it): a busy-poll's look, which costs no exit while the thread is awake.
+    /// `None` when the ring is not in use.
+    pub(crate) fn recv_through_ring(&self, buf: &mut [u8]) -> Option<Result<usize, Error>> {
+        crate::ring::recv_posted(self.handle, buf).map(|(code, len)| result(code).map(|()| len))
+    }
 }
 
 /// Sleeps until a net device has a frame or the monotonic clock reaches `deadline_ns`; returns

@@ -212,9 +212,18 @@ fn next_id() -> u32 {
 }
 
 /// Frames received by hypercall in a row while the thread slept: after [`BURST`] of them the
-/// next receive goes through the ring, which wakes the thread for the rest of the burst.
+/// next receive goes through the ring, which wakes the thread for the rest of the burst. A read
+/// posted to the ring also starts a burst: until the guest next sleeps in POLL ([`end_burst`]),
+/// its frames take the ring, and a thread that fell asleep in between is kicked awake rather
+/// than passed over by a hypercall (a reply to a frame a busy-poll found costs no exit).
 static BY_CALL: AtomicU32 = AtomicU32::new(0);
 const BURST: u32 = 2;
+
+/// Called when the guest goes to sleep in POLL with nothing to do: the burst is over, and the
+/// next frame that finds the thread asleep goes by hypercall again.
+pub(crate) fn end_burst() {
+    BY_CALL.store(0, Ordering::Relaxed);
+}
 
 /// Posts `frame` for device `handle`; `None` when it must go by hypercall (no ring, too big, or
 /// the tender's thread asleep and no burst under way).
@@ -255,7 +264,14 @@ pub(crate) fn recv(handle: u64, buf: &mut [u8]) -> Option<(i32, usize)> {
         BY_CALL.store(streak, Ordering::Relaxed);
         return Some((code, len));
     }
-    BY_CALL.store(0, Ordering::Relaxed);
+    recv_posted(handle, buf)
+}
+
+/// Receives one frame for device `handle` into `buf` by posting a read, whether the tender's
+/// thread is awake or not; `None` when there is no ring.
+pub(crate) fn recv_posted(handle: u64, buf: &mut [u8]) -> Option<(i32, usize)> {
+    let ring = ring()?;
+    BY_CALL.store(BURST, Ordering::Relaxed);
     let entry = NetRingEntry {
         operation: NET_RING_OP_READ,
         handle: handle as u32,

@@ -13,8 +13,19 @@ use crate::inspect::{Format, Query};
 use crate::sandbox::SeccompMode;
 
 /// Options that take a value, which may be the next argument (`--mem 512`).
-pub const VALUE_OPTIONS: [&str; 10] =
-    ["--mode", "--mem", "--net", "--block", "--seccomp", "--dumpcore", "--report", "--timeout", "--user", "--chroot"];
+pub const VALUE_OPTIONS: [&str; 11] = [
+    "--mode",
+    "--mem",
+    "--net",
+    "--block",
+    "--seccomp",
+    "--dumpcore",
+    "--report",
+    "--timeout",
+    "--user",
+    "--chroot",
+    "--ring-spin",
+];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,6 +85,11 @@ struct Cli {
     /// by group or others). Needs root
     #[arg(long, value_name = "DIR")]
     chroot: Option<PathBuf>,
+    /// How long the I/O thread of the shared ring looks at an empty ring, in µs, before it
+    /// sleeps until the guest kicks it (0: at once; at most 1000)
+    #[arg(long, value_name = "US", default_value_t = crate::devices::ring::SPIN_DEFAULT_US,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::devices::ring::SPIN_MAX_US)))]
+    ring_spin: u32,
     /// Before the guest runs, move tender into new mount, IPC and UTS namespaces (the network
     /// namespace, where the taps are, stays). Needs root
     #[arg(long)]
@@ -255,6 +271,7 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErr
     config.user = cli.user;
     config.chroot = cli.chroot;
     config.unshare = cli.unshare;
+    config.ring_spin_us = cli.ring_spin;
     config.guest_args = guest_args.to_vec();
     if let Some(path) = cli.block {
         config.blocks.push(BlockSpec { name: None, path, block_size: None });
@@ -372,6 +389,14 @@ mod tests {
     }
 
     #[test]
+    fn ring_spin() {
+        assert_eq!(run(&["k"]).unwrap().ring_spin_us, crate::devices::ring::SPIN_DEFAULT_US);
+        assert_eq!(run(&["--ring-spin=0", "k"]).unwrap().ring_spin_us, 0);
+        assert_eq!(run(&["--ring-spin", "1000", "k", "--ring-spin=5"]).unwrap().ring_spin_us, 1000);
+        assert_eq!(run(&["k", "--ring-spin=5"]).unwrap().guest_args, ["--ring-spin=5"], "the guest's word");
+    }
+
+    #[test]
     fn named_devices() {
         let c = run(&[
             "--block-sector-size:d=4096",
@@ -402,6 +427,9 @@ mod tests {
             (&["--block:d", "k"][..], "Invalid option"),
             (&["--block:d=/x", "--block-sector-size:d=1000", "k"][..], "power of two"),
             (&["--net:n=@x", "k"][..], "Malformed file descriptor"),
+            (&["--ring-spin=1001", "k"][..], "1001 is not in 0..=1000"),
+            (&["--ring-spin=-1", "k"][..], "--ring-spin"),
+            (&["--ring-spin=5us", "k"][..], "invalid value '5us'"),
             (&["--net:n=t", "--net-mac:n=zz", "k"][..], "malformed MAC"),
             (&["--net:n=t", "--net-mac:m=02:00:00:00:00:01", "k"][..], "no --net:m=IFACE given"),
             (&["--net:n=t", "--net-mac:n=+2:00:00:00:00:01", "k"][..], "malformed MAC"),

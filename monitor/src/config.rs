@@ -50,6 +50,8 @@ pub struct Config {
     pub chroot: Option<PathBuf>,
     /// `--unshare`: new mount, IPC and UTS namespaces before the guest runs.
     pub unshare: bool,
+    /// `--ring-spin=US`: how long the ring's I/O thread looks at an empty ring before it sleeps.
+    pub ring_spin_us: u32,
     /// Set by `tender-debug --gdb` (no option of `tender`'s): advertise TENDER_FEATURE_DEBUG.
     pub debugger: bool,
 }
@@ -69,6 +71,7 @@ impl Config {
             user: None,
             chroot: None,
             unshare: false,
+            ring_spin_us: crate::devices::ring::SPIN_DEFAULT_US,
             debugger: false,
         }
     }

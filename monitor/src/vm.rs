@@ -55,6 +55,8 @@ pub struct Vm {
     ring_gpa: Option<u64>,
     /// The `host_features` bits a running ring sets (its net and block halves).
     ring_features: u32,
+    /// `--ring-spin`: how long the ring's thread spins before it sleeps, in µs.
+    ring_spin_us: u32,
     /// Written into guest memory by `confine`, once the ring's start is known.
     boot_info: Option<BootInfo>,
     /// Files the caller still writes at exit (the report), kept open by the jail and allowed by
@@ -134,6 +136,7 @@ impl Vm {
             calls: Hypercalls { ring: None, ram, devices, poller, stats },
             ring_gpa: (total > limit).then_some(limit),
             ring_features: ring_features(has_net, has_block),
+            ring_spin_us: config.ring_spin_us,
             boot_info: Some(layout.boot_info),
             exit_files: Vec::new(),
             debugger: config.debugger,
@@ -215,7 +218,8 @@ impl Vm {
             Cpu::Kvm(m) => Some(&m.vm),
             Cpu::Process(_) => None,
         };
-        Ring::start(vm, &self.calls.ram, gpa, targets)
+        let spin = std::time::Duration::from_micros(u64::from(self.ring_spin_us));
+        Ring::start(vm, &self.calls.ram, gpa, targets, spin)
             .map_err(|e| self.warnings.push(format!("I/O ring not available ({e}), using hypercalls")))
             .ok()
     }

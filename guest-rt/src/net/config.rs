@@ -1,7 +1,10 @@
 //! IP configuration from the command line, in MirageOS's spelling: `--ipv4=10.0.0.2/24`,
 //! `--ipv4-gateway=10.0.0.1`, or `--dhcp`. With several NICs, `--ipv4=` is given once per NIC,
 //! in manifest order. `--no-ring` makes the NICs use the NET_READ/NET_WRITE hypercalls even when
-//! the tender offers the shared net ring (see [`crate::ring`]).
+//! the tender offers the shared net ring (see [`crate::ring`]). `--poll-spin=US` sets how long
+//! [`Stack::wait`](super::Stack::wait) busy-polls after request traffic before it sleeps in POLL
+//! (0 to [`POLL_SPIN_MAX_US`](super::POLL_SPIN_MAX_US); default
+//! [`POLL_SPIN_DEFAULT_US`](super::POLL_SPIN_DEFAULT_US)).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -35,6 +38,13 @@ pub fn parse_args(cmdline: &str, nics: usize) -> Result<(Vec<IpConfig>, Vec<&str
             dhcp = true;
         } else if word == crate::ring::NO_RING_OPTION {
             crate::ring::disable();
+        } else if let Some(v) = word.strip_prefix(super::POLL_SPIN_OPTION) {
+            let us = v
+                .parse()
+                .ok()
+                .filter(|us| *us <= super::POLL_SPIN_MAX_US)
+                .ok_or_else(|| alloc::format!("{word}: expected microseconds, 0 to {}", super::POLL_SPIN_MAX_US))?;
+            super::set_poll_spin_us(us);
         } else {
             rest.push(word);
         }
@@ -73,7 +83,21 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!(parse_args("--dhcp", 2).unwrap().0, [IpConfig::Dhcp, IpConfig::Dhcp]);
         assert!(parse_args("--dhcp --no-ring", 1).unwrap().1.is_empty(), "a network option");
-        for bad in ["", "--ipv4=10.0.0.2", "--ipv4=10.0.0.300/24", "--ipv4=10.0.0.2/33", "--ipv4-gateway=x --dhcp"] {
+        assert!(parse_args("--dhcp --poll-spin=0", 1).unwrap().1.is_empty(), "a network option");
+        assert_eq!(super::super::poll_spin_ns(), 0);
+        assert!(parse_args("--dhcp --poll-spin=1000", 1).is_ok());
+        assert_eq!(super::super::poll_spin_ns(), 1_000_000);
+        for bad in [
+            "--dhcp --poll-spin=1001",
+            "--dhcp --poll-spin=-1",
+            "--dhcp --poll-spin=",
+            "--dhcp --poll-spin=5us",
+            "",
+            "--ipv4=10.0.0.2",
+            "--ipv4=10.0.0.300/24",
+            "--ipv4=10.0.0.2/33",
+            "--ipv4-gateway=x --dhcp",
+        ] {
             assert!(parse_args(bad, 1).is_err(), "{bad}");
         }
     }

@@ -34,6 +34,7 @@
 mod config;
 mod listener;
 mod phy;
+mod spin;
 
 pub use config::{IpConfig, parse_args};
 pub use listener::{
@@ -44,6 +45,7 @@ pub use smoltcp;
 use crate::NetDevice;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::{dhcpv4, tcp, udp};
 use smoltcp::time::Instant;
@@ -62,6 +64,29 @@ pub const UDP_BUFFER: usize = 128 << 10;
 /// of an idle service costs two exits: at 1 s, 1,000 idle services took 14% of a CPU here
 /// (docs/PERFORMANCE.md, "Density"); at 10 s, a tenth of that.
 const MAX_SLEEP_NS: u64 = 10_000_000_000;
+/// The longest [`Stack::wait`] busy-polls for the next frame, after a wake-up that brought
+/// request traffic (a unicast TCP or UDP frame), before it sleeps in POLL: `--poll-spin=US` on
+/// the command line, 0 (never) to [`POLL_SPIN_MAX_US`]. A request-response exchange is otherwise
+/// bound by POLL's exit and its return (docs/PERFORMANCE.md, "Latency of one request at a
+/// time"); a client's next request that arrives within the spin is read through the ring with no
+/// exit. The window adapts below this ceiling (`spin.rs`): it grows only while frames come
+/// soon enough for it to catch them. A spin costs its length in CPU on the vCPU and on the
+/// tender's ring thread, which answers the reads; ARP, pings and other broadcasts never start
+/// one, so an idle service never spins.
+pub const POLL_SPIN_DEFAULT_US: u64 = 100;
+pub const POLL_SPIN_MAX_US: u64 = 1000;
+pub(crate) const POLL_SPIN_OPTION: &str = "--poll-spin=";
+static POLL_SPIN_NS: AtomicU64 = AtomicU64::new(POLL_SPIN_DEFAULT_US * 1000);
+
+/// Sets [`Stack::wait`]'s busy-poll (see [`POLL_SPIN_DEFAULT_US`]); `--poll-spin=US` does.
+pub fn set_poll_spin_us(us: u64) {
+    POLL_SPIN_NS.store(us.min(POLL_SPIN_MAX_US) * 1000, Ordering::Relaxed);
+}
+
+fn poll_spin_ns() -> u64 {
+    POLL_SPIN_NS.load(Ordering::Relaxed)
+}
+
 /// Passes of smoltcp one [`Stack::poll`] makes at most. A pass ends early when the SYN gate holds
 /// a SYN until a listening socket is opened; frames per poll stay bounded by the receive budget.
 const MAX_PASSES: usize = 2 * phy::RX_BATCH as usize;
@@ -91,6 +116,8 @@ pub struct Stack {
     listeners: Vec<Listener>,
     /// Sockets the application has closed, until their connection has ended.
     closing: Vec<Closing>,
+    /// How long [`wait`](Self::wait) busy-polls now.
+    spin: spin::Window,
 }
 
 impl Stack {
@@ -112,7 +139,7 @@ impl Stack {
             }
             IpConfig::Dhcp => dhcp = Some(sockets.add(dhcpv4::Socket::new())),
         }
-        Stack { phy, iface, sockets, dhcp, nic, listeners: Vec::new(), closing: Vec::new() }
+        Stack { phy, iface, sockets, dhcp, nic, listeners: Vec::new(), closing: Vec::new(), spin: Default::default() }
     }
 
     /// The usual start of a one-NIC service: opens the net device `name`, configures it from
@@ -286,13 +313,29 @@ impl Stack {
         }
     }
 
-    /// Sleeps until a frame arrives or smoltcp's next deadline, whichever is first.
+    /// Sleeps until a frame arrives or smoltcp's next deadline, whichever is first. After request
+    /// traffic it may first busy-poll, for a window that adapts to how soon the next frame comes,
+    /// at most `--poll-spin` (see [`POLL_SPIN_DEFAULT_US`] and `spin.rs`).
     pub fn wait(&mut self) {
         if self.phy.rx_pending() {
             return; // frames may still be queued: poll again before sleeping
         }
-        let deadline = crate::monotonic_ns() + self.next_deadline_ns();
+        let start = crate::monotonic_ns();
+        let deadline = start + self.next_deadline_ns();
+        let max = poll_spin_ns();
+        if !self.phy.take_traffic() || max == 0 {
+            let ready = crate::device::wait(deadline);
+            self.note_ready(ready);
+            return;
+        }
+        let spin = self.spin.current(max);
+        if spin > 0 && self.phy.spin_for_frame(deadline.min(start + spin)) {
+            return;
+        }
+        let asleep = crate::monotonic_ns();
         let ready = crate::device::wait(deadline);
+        let frame = ready & self.nic.ready_bit() != 0;
+        self.spin.after_sleep(max, asleep - start, crate::monotonic_ns() - asleep, frame);
         self.note_ready(ready);
     }
 

@@ -21,9 +21,13 @@ pub(crate) struct Phy {
     /// batches, so that a burst (which the net ring delivers without a pause) does not overflow
     /// a socket's buffer inside one poll.
     rx_budget: u32,
-    /// Length of a frame kept in `rx` by the gate ([`Verdict::Hold`]): it is judged again, before
-    /// any other frame, on the next receive.
+    /// Length of a frame kept in `rx`, by the gate ([`Verdict::Hold`]) or by a busy-poll
+    /// ([`Phy::spin_for_frame`]): it is judged (again), before any other frame, on the next
+    /// receive.
     held: Option<usize>,
+    /// Whether a unicast TCP or UDP frame came in since the last [`Phy::take_traffic`]: the
+    /// request traffic after which [`Stack::wait`](super::Stack::wait) busy-polls.
+    traffic: bool,
     pub(crate) gate: SynGate,
     pub(crate) hook: Option<fn(&[u8])>,
 }
@@ -41,6 +45,7 @@ impl Phy {
             rx_pending: true,
             rx_budget: RX_BATCH,
             held: None,
+            traffic: false,
             gate: SynGate::default(),
             hook: None,
         }
@@ -63,6 +68,40 @@ impl Phy {
     pub(crate) fn refill_rx_budget(&mut self) {
         self.rx_budget = RX_BATCH;
     }
+
+    /// Whether request traffic came in since the last call.
+    pub(crate) fn take_traffic(&mut self) -> bool {
+        core::mem::take(&mut self.traffic)
+    }
+
+    /// Receives through the ring, again and again, until a frame comes or the monotonic clock
+    /// reaches `until_ns`; true when a frame is held for the next receive. False at once without
+    /// a ring: each look would be an exit.
+    pub(crate) fn spin_for_frame(&mut self, until_ns: u64) -> bool {
+        loop {
+            match self.nic.recv_through_ring(&mut self.rx) {
+                Some(Ok(len)) => {
+                    self.held = Some(len);
+                    return true;
+                }
+                Some(Err(Error::Again)) if crate::monotonic_ns() < until_ns => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// A unicast IPv4 or IPv6 frame carrying TCP or UDP (not a broadcast, an ARP or a ping).
+fn request_traffic(frame: &[u8]) -> bool {
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    let unicast = frame.first().is_some_and(|b| b & 1 == 0);
+    let protocol = match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.get(14 + 9),
+        Some([0x86, 0xdd]) => frame.get(14 + 6),
+        _ => None,
+    };
+    unicast && matches!(protocol, Some(&TCP | &UDP))
 }
 
 pub(crate) struct Rx<'a> {
@@ -117,6 +156,7 @@ impl Device for Phy {
             match self.gate.judge(&self.rx[..len]) {
                 Verdict::Pass => {
                     self.rx_budget -= 1;
+                    self.traffic |= request_traffic(&self.rx[..len]);
                     let rx = Rx { frame: &self.rx[..len], hook: self.hook };
                     return Some((rx, Tx { nic: self.nic, buf: &mut self.tx }));
                 }
@@ -140,5 +180,30 @@ impl Device for Phy {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = self.nic.max_frame();
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_traffic;
+
+    fn frame(dst0: u8, ethertype: [u8; 2], protocol_at: usize, protocol: u8) -> [u8; 60] {
+        let mut f = [0u8; 60];
+        f[0] = dst0;
+        f[12..14].copy_from_slice(&ethertype);
+        f[protocol_at] = protocol;
+        f
+    }
+
+    #[test]
+    fn only_unicast_tcp_and_udp_is_request_traffic() {
+        assert!(request_traffic(&frame(0x02, [0x08, 0x00], 23, 6)), "TCP over IPv4");
+        assert!(request_traffic(&frame(0x02, [0x08, 0x00], 23, 17)), "UDP over IPv4");
+        assert!(request_traffic(&frame(0x02, [0x86, 0xdd], 20, 6)), "TCP over IPv6");
+        assert!(!request_traffic(&frame(0x02, [0x08, 0x00], 23, 1)), "ICMP");
+        assert!(!request_traffic(&frame(0xff, [0x08, 0x00], 23, 17)), "broadcast UDP (DHCP)");
+        assert!(!request_traffic(&frame(0x33, [0x86, 0xdd], 20, 17)), "multicast");
+        assert!(!request_traffic(&frame(0x02, [0x08, 0x06], 23, 17)), "ARP");
+        assert!(!request_traffic(&[0x02; 20]), "too short");
     }
 }

@@ -1,7 +1,7 @@
 //! The shared-memory ring (ABI section 9), with tender's block extension. The guest posts
 //! entries to a ring at `boot_info.net_ring` and an I/O thread of the tender carries them out, so
 //! a frame or a block request costs no VM exit while the thread is awake. When the thread has
-//! looked at an empty ring for a while ([`SPIN`], and not at all while the guest sleeps in POLL,
+//! looked at an empty ring for a while (`--ring-spin`, [`SPIN_DEFAULT_US`], and not at all while the guest sleeps in POLL,
 //! since it cannot post anything then) it sets `needs_kick` and sleeps on an eventfd, which KVM
 //! signals when the guest writes port 0x600 (an ioeventfd: the kick never reaches the tender's
 //! run loop).
@@ -60,10 +60,14 @@ vmm_sys_util::ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// How long the thread looks at an empty ring after its last entry before it sleeps, unless the
-/// guest is in POLL. Bounded in time, not in `pause`s: a `pause` costs from a few ns on bare
-/// metal to 80 ns here (nested KVM), where solo5-hvt's 4,096 of them took 0.33 ms of CPU after
-/// every frame. 20 µs covers the guest's turn-around between a frame and its reply.
-pub const SPIN: Duration = Duration::from_micros(20);
+/// guest is in POLL: the default of `--ring-spin` (0 to [`SPIN_MAX_US`] µs; 0 sleeps at once).
+/// Bounded in time, not in `pause`s: a `pause` costs from a few ns on bare metal to 80 ns here
+/// (nested KVM), where solo5-hvt's 4,096 of them took 0.33 ms of CPU after every frame. 20 µs
+/// covers the guest's turn-around between a frame and its reply.
+pub const SPIN_DEFAULT_US: u32 = 20;
+/// The longest `--ring-spin`: beyond a millisecond a spinning thread costs more than the wake-up
+/// it saves on any host.
+pub const SPIN_MAX_US: u32 = 1000;
 /// `pause`s between two looks at the clock while spinning.
 const SPIN_CHECK: u32 = 64;
 
@@ -214,7 +218,14 @@ impl Ring {
     /// trap handler writing [`Ring::kick_fd`]. Returns once the thread is past its start-up (stack guard, signal stack,
     /// signal mask): the seccomp filter goes on next, and the thread never returns, as thread
     /// exit would need munmap and futex. On an error nothing is routed and the thread is stopped.
-    pub fn start(vm: Option<&VmFd>, ram: &GuestRam, gpa: u64, targets: Vec<Target>) -> Result<Self, RingError> {
+    /// `spin` is how long the thread looks at an empty ring before it sleeps (`--ring-spin`).
+    pub fn start(
+        vm: Option<&VmFd>,
+        ram: &GuestRam,
+        gpa: u64,
+        targets: Vec<Target>,
+        spin: Duration,
+    ) -> Result<Self, RingError> {
         let ring_end = gpa.checked_add(NET_RING_SIZE as u64).ok_or(RingError::Placement)?;
         if gpa < ram.limit() || ring_end > ram.total() {
             return Err(RingError::Placement);
@@ -236,7 +247,7 @@ impl Ring {
         let (thread_shared, thread_kick, thread_ram) = (shared.clone(), kick.clone(), ram.clone());
         std::thread::Builder::new()
             .name("tender-ring".into())
-            .spawn(move || io_thread(&thread_ram, gpa, &targets, &thread_shared, &thread_kick))
+            .spawn(move || io_thread(&thread_ram, gpa, &targets, &thread_shared, &thread_kick, spin))
             .map_err(RingError::Thread)?;
         let ring = Ring { shared, kick, ram: ram.clone(), gpa };
         loop {
@@ -346,13 +357,13 @@ impl Drop for Ring {
     }
 }
 
-fn io_thread(ram: &GuestRam, gpa: u64, targets: &[Target], shared: &Shared, kick: &EventFd) {
+fn io_thread(ram: &GuestRam, gpa: u64, targets: &[Target], shared: &Shared, kick: &EventFd, spin: Duration) {
     // Signals are for the vCPU thread: its handler sets `immediate_exit` on the vCPU.
     let _ = nix::sys::signal::SigSet::all().thread_block();
     let ring = ram.inner().get_slice(GuestAddress(gpa), NET_RING_SIZE);
     shared.ready.store(if ring.is_ok() { 1 } else { 2 }, Ordering::Release);
     if let Ok(ring) = ring {
-        let mut worker = Worker { ring, ram, targets, shared, ent_head: 0, com_tail: 0 };
+        let mut worker = Worker { ring, ram, targets, shared, spin, ent_head: 0, com_tail: 0 };
         worker.serve(kick);
     }
     shared.stopped.store(true, Ordering::Release);
@@ -374,6 +385,8 @@ struct Worker<'a> {
     ram: &'a GuestRam,
     targets: &'a [Target],
     shared: &'a Shared,
+    /// How long to look at an empty ring before sleeping (`--ring-spin`).
+    spin: Duration,
     /// The host's indices. The copies in the ring are for the guest to read; the guest could
     /// overwrite those, so they are never read back.
     ent_head: u32,
@@ -418,11 +431,11 @@ impl Worker<'_> {
         }
     }
 
-    /// Spins for up to [`SPIN`] (if `spin`, and only while the guest is not in POLL), then asks
-    /// for a kick and sleeps. False once told to stop.
+    /// Spins for up to `self.spin` (if `spin`, and only while the guest is not in POLL), then
+    /// asks for a kick and sleeps. False once told to stop.
     fn wait_for_work(&self, kick: &EventFd, spin: bool) -> Result<bool, RingFault> {
         loop {
-            let deadline = spin.then(|| Instant::now() + SPIN);
+            let deadline = (spin && !self.spin.is_zero()).then(|| Instant::now() + self.spin);
             while deadline.is_some_and(|d| Instant::now() < d) && !self.shared.vcpu_polling.load(Ordering::Relaxed) {
                 for _ in 0..SPIN_CHECK {
                     if self.shared.stop.load(Ordering::Acquire) {

@@ -51,7 +51,8 @@ impl Rig {
     /// A worker whose own indices start at `head` and `com_tail`, as after that many entries.
     fn worker<'a>(&'a self, targets: &'a [Target], head: u32, com_tail: u32) -> Worker<'a> {
         let ring = self.ram.inner().get_slice(GuestAddress(RING), NET_RING_SIZE).unwrap();
-        Worker { ring, ram: &self.ram, targets, shared: &self.shared, ent_head: head, com_tail }
+        let spin = Duration::from_micros(u64::from(SPIN_DEFAULT_US));
+        Worker { ring, ram: &self.ram, targets, shared: &self.shared, spin, ent_head: head, com_tail }
     }
 
     fn post(&self, index: u32, entry: NetRingEntry) {
