@@ -1397,6 +1397,7 @@ fn token_strategy(text: impl Strategy<Value = String> + Clone + 'static) -> impl
         Just("--dumpcore"),
         Just("--report"),
         Just("--timeout"),
+        Just("--ring-spin"),
         Just("--version"),
         Just("--help"),
         Just("-h"),
@@ -1512,10 +1513,11 @@ fn cli_spec_strategy(path: impl Strategy<Value = String> + Clone + 'static) -> i
         opt_path(),
         opt_path(),
         prop::option::of((1u64..=u64::MAX, any::<bool>())),
+        prop::option::of((0u32..=1000, any::<bool>())),
     );
     let tail = (path.clone(), any::<bool>(), vec(any_text(), 0..4));
     (simple, named_blocks, named_nets, tail).prop_map(move |(simple, blocks, nets, (kernel, dashdash, args))| {
-        let (mem, seccomp, block, net, dumpcore, report, timeout) = simple;
+        let (mem, seccomp, block, net, dumpcore, report, timeout, ring_spin) = simple;
         let mut argv = Vec::new();
         let mut want = Config::new(kernel.clone());
         let mut warnings = Vec::new();
@@ -1549,6 +1551,10 @@ fn cli_spec_strategy(path: impl Strategy<Value = String> + Clone + 'static) -> i
         if let Some((t, eq)) = timeout {
             argv.extend(spelled("--timeout", &t.to_string(), eq));
             want.timeout = Some(t);
+        }
+        if let Some((us, eq)) = ring_spin {
+            argv.extend(spelled("--ring-spin", &us.to_string(), eq));
+            want.ring_spin_us = us;
         }
         let mut seen = std::collections::HashSet::new();
         for (n, p, shift) in blocks.into_iter().filter(|(n, ..)| seen.insert(n.clone())) {
