@@ -272,7 +272,9 @@ impl NetDevice {
 }
 
 /// Sleeps until a net device has a frame or the monotonic clock reaches `deadline_ns`; returns
-/// the ready set (test a device with [`NetDevice::ready_bit`]).
+/// the ready set (test a device with [`NetDevice::ready_bit`]). A burst of frames through the
+/// ring ends here (see `ring::end_burst`).
 pub fn wait(deadline_ns: u64) -> u64 {
+    ring::end_burst();
     crate::time::yield_until(deadline_ns)
 }

@@ -219,8 +219,8 @@ fn next_id() -> u32 {
 static BY_CALL: AtomicU32 = AtomicU32::new(0);
 const BURST: u32 = 2;
 
-/// Called when the guest goes to sleep in POLL with nothing to do: the burst is over, and the
-/// next frame that finds the thread asleep goes by hypercall again.
+/// Called when the guest goes to sleep in POLL with nothing to do ([`crate::device::wait`]): the
+/// burst is over, and the next frame that finds the thread asleep goes by hypercall again.
 pub(crate) fn end_burst() {
     BY_CALL.store(0, Ordering::Relaxed);
 }

@@ -47,7 +47,6 @@ pub fn wall_clock_ns() -> u64 {
 /// Blocks until the monotonic `deadline_ns` or until a net device is readable, whichever comes
 /// first; returns the set of ready devices (bit `i` = manifest index `i`).
 pub fn yield_until(deadline_ns: u64) -> u64 {
-    crate::ring::end_burst();
     crate::hypercall::poll(deadline_ns.saturating_sub(monotonic_ns()))
 }
 
