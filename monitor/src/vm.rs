@@ -31,11 +31,11 @@ use crate::jail::Jail;
 use crate::memory::GuestRam;
 use crate::observe::{Control, Observer, Stop, Stopped};
 use crate::outcome::{GuestError, HypercallError, RunEnd};
-use crate::process::ProcessGuest;
+use crate::process::{self, ProcessGuest};
 use crate::report::{DeviceStats, Stats};
 use crate::sandbox::{self, SeccompMode};
 use crate::signals;
-use tender_seccomp::Allowlist;
+use tender_seccomp::{Allowlist, BlockFile};
 
 /// What runs the guest's instructions.
 enum Cpu {
@@ -169,6 +169,11 @@ impl Vm {
         // closing of fds for the ring to join it.
         let ring_poll = self.ring_gpa.map(|_| self.calls.poller.ring_fd());
         let keep: Vec<RawFd> = allow.fds().chain(vm_fd).chain(ring_poll).collect();
+        if let Cpu::Process(_) = self.cpu {
+            // The guest will share this address space: nothing of the caller's command line or
+            // environment stays for it to read. Before the jail, which may hide /proc.
+            process::scrub_args_and_env()?;
+        }
         jail.enter(&keep)?;
         self.calls.ring = self.ring_gpa.and_then(|gpa| self.start_ring(gpa));
         if let Some(ring) = &self.calls.ring {
@@ -318,7 +323,7 @@ impl Vm {
         };
         for dev in &self.calls.devices {
             match dev {
-                Device::Block(b) => allow.block_fds.push(b.raw_fd()),
+                Device::Block(b) => allow.block_files.push(BlockFile { fd: b.raw_fd(), size: b.capacity() }),
                 Device::Net(n) => allow.tap_fds.push(n.raw_fd()),
                 Device::None => {}
             }

@@ -3,7 +3,9 @@
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
-use tender_seccomp::{Allowlist, Mode, install};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tender_seccomp::{Allowlist, BLOCK_IO_MAX, BlockFile, Mode, install};
 
 /// Runs `call` in a child under `allow`'s filter; returns how the child ended.
 fn in_sandbox(allow: &Allowlist, mode: Mode, call: fn() -> i64) -> WaitStatus {
@@ -24,8 +26,15 @@ fn in_sandbox(allow: &Allowlist, mode: Mode, call: fn() -> i64) -> WaitStatus {
     }
 }
 
+/// The block file of `base()`: fd 100, 64 KiB.
+const BLOCK_SIZE: u64 = 64 << 10;
+
 fn base() -> Allowlist {
-    Allowlist { output_fds: vec![1, 2], block_fds: vec![100], ..Default::default() }
+    Allowlist {
+        output_fds: vec![1, 2],
+        block_files: vec![BlockFile { fd: 100, size: BLOCK_SIZE }],
+        ..Default::default()
+    }
 }
 
 fn write_empty_to_stderr() -> i64 {
@@ -51,6 +60,42 @@ fn pread_wrong_fd() -> i64 {
 fn open_file() -> i64 {
     // SAFETY: a static NUL-terminated path.
     unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"/etc/hostname".as_ptr(), libc::O_RDONLY) }
+}
+
+/// `pread64` or `pwrite64` on the block fd with (count, offset) from these statics (fn pointers
+/// cannot capture; set before forking). fd 100 is not open in the child: a call the filter lets
+/// through fails with EBADF, touching nothing.
+static IO_CALL: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+fn block_io() -> i64 {
+    let [nr, count, offset] = IO_CALL.each_ref().map(|v| v.load(Ordering::SeqCst));
+    let nr = nr as libc::c_long;
+    // SAFETY: fd 100 is not open: the kernel looks at no buffer (EBADF), if the filter lets the
+    // call through at all.
+    unsafe { libc::syscall(nr, 100, std::ptr::null_mut::<u8>(), count, offset) }
+}
+
+#[test]
+fn block_io_stays_inside_the_file() {
+    let max = BLOCK_IO_MAX;
+    let inside = [(512, 0), (512, BLOCK_SIZE - 512), (1, BLOCK_SIZE - 1), (BLOCK_SIZE, 0)];
+    let outside =
+        [(512, BLOCK_SIZE - 511), (2, BLOCK_SIZE - 1), (1, BLOCK_SIZE), (BLOCK_SIZE + 1, 0), (512, u64::MAX - 511)];
+    let big = Allowlist { block_files: vec![BlockFile { fd: 100, size: 4 * max }], ..base() };
+    for nr in [libc::SYS_pread64, libc::SYS_pwrite64] {
+        for (allow, count, offset, pass) in inside
+            .iter()
+            .map(|&(c, o)| (base(), c, o, true))
+            .chain(outside.iter().map(|&(c, o)| (base(), c, o, false)))
+            .chain([(big.clone(), max, 3 * max, true), (big.clone(), max + 1, 0, false)])
+        {
+            for (slot, value) in IO_CALL.iter().zip([nr as u64, count, offset]) {
+                slot.store(value, Ordering::SeqCst);
+            }
+            let status = in_sandbox(&allow, Mode::Kill, block_io);
+            assert_eq!(!killed_by_sigsys(status), pass, "syscall {nr}, count {count}, offset {offset}: {status:?}");
+        }
+    }
 }
 
 #[test]
