@@ -18,7 +18,7 @@
 //! | `puts-empty-at-mem-size` | PUTS of 0 bytes at mem_size | refused (`gpa < mem_size` is required) |
 //! | `puts-wrap`, `puts-wrap-gpa` | len 2^64 − 4097; gpa 2^64 − 8 | refused, `invalid guest access` |
 //! | `puts-huge`, `puts-negative-len` | len 2^62; len −16 as i64 | refused, `invalid guest access` |
-//! | `puts-just-below-end`, `puts-empty` | 1 byte at mem_size − 2; 0 bytes | answered (allowed) |
+//! | `puts-just-below-end`, `puts-empty`, `puts-empty-dangling` | 1 byte at mem_size − 2; 0 bytes; 0 bytes at GPA 1 (a Rust empty slice's address; below guest memory in process mode, where an empty range is allowed all the same) | answered (allowed) |
 //! | `puts-low-area` | 8 bytes from GPA 0x1000 (guest RAM the guest cannot map, the ABI allows it) | answered, 8 zero bytes printed |
 //! | `puts-large` | 4 MiB in one PUTS | answered, all 4 MiB on stdout |
 //! | `struct-out-of-range`, `struct-straddle`, `struct-ends-at-mem-size` | WALLTIME struct at mem_size + 4 KiB, mem_size − 4, mem_size − 8 | refused, `invalid guest access` |
@@ -302,6 +302,7 @@ fn what_the_abi_allows_is_allowed() {
         &[
             ("puts-just-below-end", Answered(&[])),
             ("puts-empty", Answered(&[])),
+            ("puts-empty-dangling", Answered(&[])),
             (
                 "puts-low-area",
                 low_area(

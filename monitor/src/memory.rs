@@ -186,10 +186,12 @@ impl GuestRam {
     }
 
     /// The ABI's range rule for a guest pointer: strictly inside guest-visible memory, and not
-    /// below its lowest address (process mode has nothing mapped below 0x10000).
+    /// below its lowest address (process mode has nothing mapped below 0x10000). An empty range
+    /// touches nothing and only needs `gpa < limit`, as under KVM: Rust's empty slices point at
+    /// address 1 (`puts("")` of guest-rt).
     pub fn check(&self, gpa: u64, len: u64) -> Result<(), GuestFault> {
         match gpa.checked_add(len) {
-            Some(end) if gpa >= self.base && gpa < self.limit && end < self.limit => Ok(()),
+            Some(end) if (gpa >= self.base || len == 0) && gpa < self.limit && end < self.limit => Ok(()),
             _ => Err(GuestFault { gpa, len, write: false }),
         }
     }
@@ -253,7 +255,9 @@ impl GuestRam {
     fn get(&self, gpa: u64, len: u64, write: bool) -> Result<VolatileSlice<'_, ()>, GuestFault> {
         let fault = GuestFault { gpa, len, write };
         let n = usize::try_from(len).map_err(|_| fault)?;
-        self.mem.get_slice(GuestAddress(gpa), n).map_err(|_| fault)
+        // An empty range below the base (see `check`): an empty slice at the base.
+        let at = if n == 0 { gpa.max(self.base) } else { gpa };
+        self.mem.get_slice(GuestAddress(at), n).map_err(|_| fault)
     }
 }
 
@@ -300,9 +304,11 @@ mod tests {
         let base = 0x3_0000_0000;
         let r = GuestRam::new_at(base, base + (4 << 20), base + (2 << 20)).unwrap();
         assert_eq!((r.base(), r.total(), r.host_base() as u64), (base, base + (4 << 20), base));
-        assert!(r.check(0, 0).is_err(), "page 0 is not guest memory");
+        assert!(r.check(0, 1).is_err(), "page 0 is not guest memory");
         assert!(r.check(base - 8, 16).is_err(), "straddling the base");
         assert!(r.check(base, 8).is_ok());
+        assert!(r.check(1, 0).is_ok() && r.slice(1, 0).is_ok_and(|s| s.is_empty()), "an empty range touches nothing");
+        assert!(r.check(1, 1).is_err() && r.check(base + (2 << 20), 0).is_err());
         r.write_arg(base + 0x1000, HcWalltime { nsecs: 9 }).unwrap();
         // SAFETY: reads the u64 just written through the checked path, at its host address.
         assert_eq!(unsafe { ((base + 0x1000) as *const u64).read() }, 9);

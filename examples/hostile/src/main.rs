@@ -245,6 +245,8 @@ fn main() -> i32 {
         // the ABI lets the guest print it, all zeros), and a big buffer (4 MiB in one call).
         "puts-just-below-end" => puts_raw(mem - 2, 1),
         "puts-empty" => puts_raw(0x20_0000, 0),
+        // Where a Rust empty slice points (`puts("")`).
+        "puts-empty-dangling" => puts_raw(1, 0),
         "puts-low-area" => puts_raw(0x1000, 8),
         "puts-large" => puts_raw(0x1_0000, 4 << 20),
         // The argument struct itself outside RAM, straddling the end, ending exactly at it.
