@@ -45,6 +45,16 @@ enum Cpu {
     Process(ProcessGuest),
 }
 
+impl Cpu {
+    /// The KVM VM, when there is one.
+    fn kvm(&self) -> Option<&Machine> {
+        match self {
+            Cpu::Kvm(m) => Some(m),
+            Cpu::Process(_) => None,
+        }
+    }
+}
+
 pub struct Vm {
     // Field order matters for drop: the vCPU and VM go before the memory they map, and the ring's
     // thread is stopped before the taps and files it uses (in `calls`) are closed.
@@ -161,10 +171,7 @@ impl Vm {
         self.exit_files = exit_files.to_vec();
         let mut allow = self.allowlist();
         observer.sandbox(&mut allow);
-        let vm_fd = match &self.cpu {
-            Cpu::Kvm(m) => Some(m.vm.as_raw_fd()),
-            Cpu::Process(_) => None,
-        };
+        let vm_fd = self.cpu.kvm().map(|m| m.vm.as_raw_fd());
         // POLL's second epoll set is allowed only once the ring runs, but it must outlive the jail's
         // closing of fds for the ring to join it.
         let ring_poll = self.ring_gpa.map(|_| self.calls.poller.ring_fd());
@@ -216,11 +223,7 @@ impl Vm {
             })
             .collect();
         // The thread takes a copy of `ram` with its read-only ranges (set by `new`).
-        let vm = match &self.cpu {
-            Cpu::Kvm(m) => Some(&m.vm),
-            Cpu::Process(_) => None,
-        };
-        Ring::start(vm, &self.calls.ram, gpa, targets)
+        Ring::start(self.cpu.kvm().map(|m| &m.vm), &self.calls.ram, gpa, targets)
             .map_err(|e| self.warnings.push(format!("I/O ring not available ({e}), using hypercalls")))
             .ok()
     }
@@ -302,10 +305,7 @@ impl Vm {
     fn allowlist(&self) -> Allowlist {
         let [epoll, timer, wake] = self.calls.poller.fds();
         let mut allow = Allowlist {
-            vcpu_fd: match &self.cpu {
-                Cpu::Kvm(m) => Some(m.vcpu.as_raw_fd()),
-                Cpu::Process(_) => None,
-            },
+            vcpu_fd: self.cpu.kvm().map(|m| m.vcpu.as_raw_fd()),
             // 1 and 2 for PUTS and messages; the wake-up eventfd for the signal handler.
             output_fds: vec![1, 2, wake],
             epoll_fd: Some(epoll),
