@@ -26,6 +26,10 @@ pub const KVM_SET_GUEST_DEBUG: u64 = 0x4048_AE9B;
 /// that the filter can check each piece against the file's size (see [`BlockFile`]).
 pub const BLOCK_IO_MAX: u64 = 1 << 20;
 
+/// The most block files whose `pwrite64` the filter bounds exactly ([`BlockFile`]); the ABI
+/// allows 63 devices, each filter has room for this many at about 300 instructions each.
+pub const EXACT_BLOCK_FILES: usize = 8;
+
 /// `TUNATTACHFILTER` (`_IOW('T', 213, struct sock_fprog)`): a tap's receive filter, replaced when
 /// the guest's address changes (`monitor/src/devices/rx_filter`).
 pub const TUNATTACHFILTER: u64 = 0x4010_54d5;
@@ -49,11 +53,16 @@ pub enum Mode {
 
 /// A block device's backing file: `pread64` and `pwrite64` on `fd`, inside `size`.
 ///
-/// A filter cannot add two arguments, so "offset + count <= size" is checked as one rule per power
-/// of two `c` up to [`BLOCK_IO_MAX`]: `count <= c && offset <= size - c`. A call that passes one
-/// of them ends inside the file (`offset + count <= size - c + c`), whatever its arguments; and
-/// every piece the monitor moves (a power-of-two `count` ending inside the file) passes the rule
-/// for its own `count`. So not even a forged call can grow the file or touch a byte past its end.
+/// A filter cannot add two arguments, so "offset + count <= size" for `pwrite64` is checked as
+/// one rule per power of two `c` up to [`BLOCK_IO_MAX`]: `count <= c && offset <= size - c`. A
+/// call that passes one of them ends inside the file (`offset + count <= size - c + c`), whatever
+/// its arguments; and every piece the monitor moves (a power-of-two `count` ending inside the
+/// file) passes the rule for its own `count`. So not even a forged call can grow the file or
+/// write past its end. Those 21 rules cost about 300 BPF instructions per file, and a filter
+/// has at most 4,096: with more than [`EXACT_BLOCK_FILES`] block files, and for `pread64`
+/// always (reading past the end of a file reads nothing), one coarser rule stands instead:
+/// `count <= BLOCK_IO_MAX && offset < size`, which lets a forged write grow a file by less
+/// than `BLOCK_IO_MAX` bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlockFile {
     pub fd: RawFd,
@@ -115,7 +124,17 @@ fn cond64(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
     SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).expect("valid seccomp condition")
 }
 
-/// `pread64`/`pwrite64(fd, buf, count, offset)` that stay inside `file` (see [`BlockFile`]).
+/// `pread64`/`pwrite64(fd, buf, count, offset)` that start inside `file` and move at most
+/// `BLOCK_IO_MAX` bytes (see [`BlockFile`]).
+fn starts_inside(file: &BlockFile) -> Vec<SeccompRule> {
+    vec![rule(vec![
+        cond(0, SeccompCmpOp::Eq, file.fd as u64),
+        cond64(2, SeccompCmpOp::Le, BLOCK_IO_MAX),
+        cond64(3, SeccompCmpOp::Lt, file.size),
+    ])]
+}
+
+/// `pwrite64(fd, buf, count, offset)` that stay inside `file` (see [`BlockFile`]).
 fn inside(file: &BlockFile) -> Vec<SeccompRule> {
     (0..=BLOCK_IO_MAX.trailing_zeros())
         .map(|bit| 1u64 << bit)
@@ -207,9 +226,12 @@ impl Allowlist {
                 rule(vec![cond(0, SeccompCmpOp::Eq, u64::from(pid)), cond(1, SeccompCmpOp::Eq, libc::SIGUSR1 as u64)]);
             add(libc::SYS_kill, vec![own_usr1]);
         }
-        let blocks: Vec<SeccompRule> = self.block_files.iter().flat_map(inside).collect();
-        add(libc::SYS_pread64, blocks.clone());
-        add(libc::SYS_pwrite64, blocks);
+        add(libc::SYS_pread64, self.block_files.iter().flat_map(starts_inside).collect());
+        let exact = self.block_files.len() <= EXACT_BLOCK_FILES;
+        add(
+            libc::SYS_pwrite64,
+            self.block_files.iter().flat_map(|f| if exact { inside(f) } else { starts_inside(f) }).collect(),
+        );
         let pwritable: Vec<RawFd> = self.exit_file_fds.iter().chain(&self.debugger_mem_fd).copied().collect();
         add(libc::SYS_pwrite64, fds(&pwritable));
         let epolls: Vec<RawFd> = self.epoll_fd.iter().chain(&self.ring_epoll_fd).copied().collect();
