@@ -40,9 +40,10 @@ if [ $# -eq 0 ]; then
         --no-fail-fast --test boot --test exit_codes --test block --test network --test services \
         --test sandbox --test hostile --test host_faults --test jail --test report || status=$?
     # The suites that run guests, once more with --mode=process (docs/PROCESS_MODE.md): the same
-    # guests as a seccomp-jailed process, without KVM.
+    # guests as a seccomp-jailed process, without KVM. The tests of what only KVM has skip
+    # themselves there (`kvm_only`, listed in docs/PROCESS_MODE.md).
     TENDER_MODE=process cargo test --release -p tender-tests --no-fail-fast --test boot --test exit_codes --test block \
-        --test network \
+        --test network --test services --test report --test sandbox --test hostile \
         || status=$?
     # The density benchmark at a small N: every service answers and ends cleanly on SIGTERM.
     N=20 PER_BRIDGE=10 scripts/density.sh >/dev/null || { echo "test.sh: scripts/density.sh N=20 failed" >&2; status=1; }

@@ -18,7 +18,7 @@
 //! | `puts-empty-at-mem-size` | PUTS of 0 bytes at mem_size | refused (`gpa < mem_size` is required) |
 //! | `puts-wrap`, `puts-wrap-gpa` | len 2^64 − 4097; gpa 2^64 − 8 | refused, `invalid guest access` |
 //! | `puts-huge`, `puts-negative-len` | len 2^62; len −16 as i64 | refused, `invalid guest access` |
-//! | `puts-just-below-end`, `puts-empty` | 1 byte at mem_size − 2; 0 bytes | answered (allowed) |
+//! | `puts-just-below-end`, `puts-empty`, `puts-empty-dangling` | 1 byte at mem_size − 2; 0 bytes; 0 bytes at GPA 1 (a Rust empty slice's address; below guest memory in process mode, where an empty range is allowed all the same) | answered (allowed) |
 //! | `puts-low-area` | 8 bytes from GPA 0x1000 (guest RAM the guest cannot map, the ABI allows it) | answered, 8 zero bytes printed |
 //! | `puts-large` | 4 MiB in one PUTS | answered, all 4 MiB on stdout |
 //! | `struct-out-of-range`, `struct-straddle`, `struct-ends-at-mem-size` | WALLTIME struct at mem_size + 4 KiB, mem_size − 4, mem_size − 8 | refused, `invalid guest access` |
@@ -66,6 +66,17 @@
 //! | net `ring-kick-storm` | 10,000 kicks of port 0x600 | nothing happens (KVM counts them on the eventfd), answered |
 //! | net `ring-kick-byte` | `outb` to the kick port (the ioeventfd is registered for 4-byte writes, as in solo5-hvt) | refused: `port=0x600, size=1` |
 //! | net `ring-write-out-of-range-then-halt` | a write entry at mem_size − 10, then HALT(42) at once | refused all the same (found by the tender's last pass over the ring), 1 |
+//!
+//! Under `TENDER_MODE=process` (docs/PROCESS_MODE.md) the same attacks run as a process, with
+//! these differences, each from the mode's design: `puts-low-area` and `struct-low-area` are
+//! refused (`invalid guest access: gpa=0x1000` / `gpa=0x9000`: guest memory starts at 0x10000);
+//! `write-text` and `write-rodata` end in a #PF caught by tender (255, `vector 14`: the host
+//! mapping is read-only); `outl-0x500`, `outl-0x4ff` and `outl-0x509` are refused by tender
+//! (`Invalid guest hypercall: num=0`, `Invalid guest port access`: no I/O bitmap, every `out`
+//! traps to tender); `hlt`, and `rep-outsd` (no string instruction is decoded), are a #GP
+//! caught by tender (its trap line only, no guest-rt line). The CPL 0 attacks (`triple-fault`, `cpl0-*`, the raw CPL 0 ELFs with `hlt` and an
+//! empty IDT) are KVM-only (`kvm_only`). The direct system calls of a process-mode guest are in
+//! `tests/process.rs`.
 //!
 //! Note: with no block (net) device attached, tender answers block (net) hypercalls with EINVAL;
 //! solo5-hvt does not register them then and ends the run (`Invalid guest hypercall: num=N`).
@@ -148,8 +159,12 @@ enum Want {
     Refused(&'static [&'static str]),
     /// Exit 42, nothing on stderr, and stdout contains each of these.
     Answered(&'static [&'static str]),
-    /// Exit 255 after a #GP caught by guest-rt.
+    /// Exit 255 after a #GP caught by guest-rt (in process mode: by tender, which prints the
+    /// only trap line).
     GeneralProtection,
+    /// Process mode: exit 255 with tender's line for a CPU exception with this vector (the
+    /// host's page protections, not KVM, stopped the access).
+    Exception(u8),
     /// The guest's own status; stderr empty or exactly this one line.
     Status(i32, Option<&'static str>),
 }
@@ -181,6 +196,16 @@ fn check(run: &Run, want: &Want) -> Result<(), String> {
                 return fail(&format!("expected {w:?} on stdout"));
             }
         }
+        // In process mode the exception never reaches guest-rt's IDT: tender's line only.
+        Want::GeneralProtection if process_mode() => {
+            if run.code != 255 || run.out.contains("guest-rt: trap:") {
+                return fail("expected a #GP caught by tender (status 255, no guest-rt trap line)");
+            }
+            let [line] = lines[..] else { return fail("expected exactly one line on stderr") };
+            if !line.starts_with("tender: guest aborted (status 255) on a CPU exception (vector 13): rip=0x") {
+                return fail("expected tender's trap line");
+            }
+        }
         Want::GeneralProtection => {
             if run.code != 255 || !run.out.contains("guest-rt: trap: vector=13 (#GP) error=0x0 rip=0x") {
                 return fail("expected a #GP in the guest (status 255, guest-rt's trap line)");
@@ -188,6 +213,16 @@ fn check(run: &Run, want: &Want) -> Result<(), String> {
             let [line] = lines[..] else { return fail("expected exactly one line on stderr") };
             if !line.starts_with("tender: guest aborted (status 255) on a CPU exception (vector 13): rip=0x") {
                 return fail("expected tender's trap line");
+            }
+        }
+        Want::Exception(vector) => {
+            let want = format!("tender: guest aborted (status 255) on a CPU exception (vector {vector}): rip=0x");
+            if run.code != 255 || run.out.contains("the guest goes on") {
+                return fail("expected status 255, the run ended");
+            }
+            let [line] = lines[..] else { return fail("expected exactly one line on stderr") };
+            if !line.starts_with(&want) {
+                return fail(&format!("expected {want:?}"));
             }
         }
         Want::Status(code, line) => {
@@ -253,6 +288,13 @@ fn bad_pointers_and_lengths_end_the_run() {
     );
 }
 
+/// Below 0x10000 is guest RAM under KVM (where an hvt tender keeps page tables and the GDT) but
+/// not in process mode, where guest memory starts at 0x10000 (docs/PROCESS_MODE.md): a pointer
+/// there is refused like one above mem_size.
+fn low_area(kvm: Want, refused: &'static [&'static str]) -> Want {
+    if process_mode() { Want::Refused(refused) } else { kvm }
+}
+
 #[test]
 fn what_the_abi_allows_is_allowed() {
     use Want::{Answered, Status};
@@ -260,8 +302,15 @@ fn what_the_abi_allows_is_allowed() {
         &[
             ("puts-just-below-end", Answered(&[])),
             ("puts-empty", Answered(&[])),
-            ("puts-low-area", Answered(&["hostile: puts-low-area\n\0\0\0\0\0\0\0\0hostile: the tender answered"])),
-            ("struct-low-area", Answered(&[])),
+            ("puts-empty-dangling", Answered(&[])),
+            (
+                "puts-low-area",
+                low_area(
+                    Answered(&["hostile: puts-low-area\n\0\0\0\0\0\0\0\0hostile: the tender answered"]),
+                    &["tender: invalid guest access: gpa=0x1000, size=8, rip="],
+                ),
+            ),
+            ("struct-low-area", low_area(Answered(&[]), &["tender: invalid guest access: gpa=0x9000, size=8, rip="])),
             ("halt-cookie-ok", Status(9, None)),
             ("halt-cookie-last-fit", Status(9, None)),
             ("halt-cookie-in-text", Status(9, None)),
@@ -311,7 +360,16 @@ fn stores_into_read_only_guest_memory_end_the_run() {
         "tender: KVM: host/guest translation fault (guest write to read-only memory), rip=0x",
         "tender: guest access to unmapped or read-only memory: ",
     ];
-    expect_all(&[("write-text", Want::Refused(EITHER)), ("write-rodata", Want::Refused(EITHER))], false);
+    // In process mode the host mapping of .text and .rodata is read-only: a #PF (vector 14).
+    let want = || if process_mode() { Want::Exception(14) } else { Want::Refused(EITHER) };
+    expect_all(&[("write-text", want()), ("write-rodata", want())], false);
+}
+
+/// A port guest-rt's TSS I/O bitmap closes at CPL 3: under KVM the `out` is a #GP in the guest.
+/// In process mode there is no I/O bitmap (every `out` traps to tender), and tender refuses the
+/// port as it refuses any port that is not a hypercall.
+fn closed_port(refused: &'static [&'static str]) -> Want {
+    if process_mode() { Want::Refused(refused) } else { Want::GeneralProtection }
 }
 
 #[test]
@@ -323,9 +381,15 @@ fn wrong_port_accesses() {
             ("outw", Refused(&["tender: Invalid guest port access: port=0x501, size=2, direction=out, rip=0x"])),
             ("inl", Refused(&["tender: Invalid guest port access: port=0x501, size=4, direction=in, rip=0x"])),
             ("outb-0x509", Refused(&["tender: Invalid guest port access: port=0x509, size=1, direction=out, rip="])),
-            ("outl-0x500", GeneralProtection),
-            ("outl-0x4ff", GeneralProtection),
-            ("outl-0x509", GeneralProtection),
+            ("outl-0x500", closed_port(&["tender: Invalid guest hypercall: num=0, rip=0x"])),
+            (
+                "outl-0x4ff",
+                closed_port(&["tender: Invalid guest port access: port=0x4ff, size=4, direction=out, rip=0x"]),
+            ),
+            (
+                "outl-0x509",
+                closed_port(&["tender: Invalid guest port access: port=0x509, size=4, direction=out, rip=0x"]),
+            ),
             ("hlt", GeneralProtection),
         ],
         false,
@@ -334,7 +398,11 @@ fn wrong_port_accesses() {
     let run = run_hostile("rep-outsd", &[]);
     let per_dword = check(&run, &Want::Answered(&["first filled: true, second filled: true"]));
     let batched = check(&run, &Want::Refused(&["Invalid guest port access: port=0x501, size=8, direction=out"]));
-    assert!(per_dword.is_ok() || batched.is_ok(), "{per_dword:?}\n{batched:?}");
+    // In process mode the trap handler decodes no string instruction: a #GP caught by tender
+    // ends the run before anything is read.
+    let gp = check(&run, &Want::GeneralProtection)
+        .and_then(|()| if process_mode() { Ok(()) } else { Err("under KVM `rep outsd` is served or refused".into()) });
+    assert!(per_dword.is_ok() || batched.is_ok() || gp.is_ok(), "{per_dword:?}\n{batched:?}\n{gp:?}");
 }
 
 #[test]
@@ -413,6 +481,9 @@ fn block_ring_attacks() {
 
 #[test]
 fn cpl0_only_exits_reached_through_the_tender_end_the_run() {
+    if kvm_only("guest-rt's CPL 0 structures (IDT, page tables) and VM exits") {
+        return;
+    }
     use Want::Refused;
     let cases = [
         // Where the host decides: SHUTDOWN on VMX (and here), an internal error on KVM-PVM.
@@ -471,6 +542,9 @@ fn the_debug_port_without_a_debugger_ends_the_run() {
 /// `hlt` with interrupts off at CPL 0: the vCPU would sleep forever; tender ends the run.
 #[test]
 fn kvm_hlt_exit_ends_the_run() {
+    if kvm_only("a raw CPL 0 ELF and the HLT exit") {
+        return;
+    }
     let (code, err) = run_raw("hlt", &[0xf4, 0xeb, 0xfe]);
     assert_eq!(code, 1, "{err}");
     assert_one_error_line(&err, "guest halted the CPU (hlt), rip=0x100001");
@@ -480,6 +554,9 @@ fn kvm_hlt_exit_ends_the_run() {
 /// VMX reports KVM_EXIT_SHUTDOWN; KVM-PVM an internal error (HOST_KVM_NOTES).
 #[test]
 fn triple_fault_ends_the_run() {
+    if kvm_only("a raw CPL 0 ELF: lidt and a triple fault") {
+        return;
+    }
     // lidt [0x100010] (ten zero bytes there: limit 0); int3; then the zero IDTR.
     let mut code = vec![0x0f, 0x01, 0x1c, 0x25, 0x10, 0x00, 0x10, 0x00, 0xcc, 0xeb, 0xfe];
     code.resize(0x20, 0);

@@ -112,6 +112,8 @@ fn direct_system_calls_die_of_sigsys() {
         ("syscall-exit", &victim),
         ("syscall-rt_sigaction", &victim),
         ("syscall-mmap", &victim),
+        ("syscall-mprotect", &victim),
+        ("syscall-sigaltstack", &victim),
     ] {
         let (code, out, err) =
             run_process(&["--mem=32", &attach, hostile.to_str().unwrap(), attack, path.to_str().unwrap()]);
@@ -124,13 +126,77 @@ fn direct_system_calls_die_of_sigsys() {
     assert_eq!(std::fs::read(&img).unwrap(), vec![0u8; 64 << 10], "the block file is untouched");
 }
 
+/// A guest's own `pwrite64` on the block file's fd lands only inside the file: the filter
+/// checks count and offset against the file's size (docs/SECCOMP.md), so a write at or across
+/// the end kills tender with SIGSYS and the file keeps its size and contents.
+#[test]
+fn direct_block_writes_stay_inside_the_file() {
+    const SIZE: usize = 64 << 10;
+    let dir = TempDir::new("process-pwrite");
+    let img = dir.file("disk.img", &[0u8; SIZE]);
+    let hostile = guest("hostile");
+    let attach = format!("--block:storage={}", img.display());
+    let pwrite = |fd: u32, offset: usize| {
+        let args =
+            ["--mem=32", &attach, hostile.to_str().unwrap(), "syscall-pwrite", &fd.to_string(), &offset.to_string()];
+        run_process(&args)
+    };
+    // The block file's fd is the one where an in-bounds write is let through (every other fd
+    // is SIGSYS): tender opens its files in the same order on every run.
+    let last = SIZE - 512;
+    let fd = (3..32)
+        .find(|&fd| pwrite(fd, last).1.contains(&format!("syscall-pwrite {fd} {last} returned 512")))
+        .expect("an in-bounds pwrite64 on the block file's fd is allowed");
+    let mut want = vec![0u8; SIZE];
+    want[last..].fill(0xAA);
+    assert_eq!(std::fs::read(&img).unwrap(), want, "the allowed write landed in the last block");
+    for offset in [SIZE, SIZE - 256, SIZE + 512, 1 << 40, usize::MAX] {
+        let (code, out, err) = pwrite(fd, offset);
+        assert_eq!(code, 128 + libc::SIGSYS, "pwrite at {offset}: {out}{err}");
+        assert!(!out.contains("returned"), "{out}");
+    }
+    assert_eq!(std::fs::read(&img).unwrap(), want, "the file kept its size and contents");
+}
+
+/// The guest shares tender's address space: the command line and environment tender was
+/// started with are wiped before it runs (what /proc/PID/cmdline and environ show is that
+/// memory).
+#[test]
+fn command_line_and_environment_are_wiped() {
+    let mut cmd = process_tender();
+    cmd.env("TENDER_TEST_SECRET", "s3cret-env-value");
+    cmd.args(["--mem=16", guest("hello").to_str().unwrap(), "time", "10000", "s3cret-arg-value"]);
+    let guest = Running::spawn(cmd);
+    let proc = format!("/proc/{}", guest.pid());
+    let mut seen = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let filtered = std::fs::read_to_string(format!("{proc}/status")).unwrap_or_default().contains("Seccomp:\t2");
+        seen = (
+            std::fs::read(format!("{proc}/cmdline")).unwrap_or_default(),
+            std::fs::read(format!("{proc}/environ")).unwrap_or_default(),
+        );
+        if filtered {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (code, out, err) = guest.stop();
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("cmdline: time 10000 s3cret-arg-value"), "the guest still got its arguments: {out}");
+    let (cmdline, environ) = (String::from_utf8_lossy(&seen.0), String::from_utf8_lossy(&seen.1));
+    assert!(cmdline.starts_with("tender"), "{cmdline:?}");
+    for secret in ["s3cret", "--mem", "hello", "TENDER_TEST_SECRET", "PATH="] {
+        assert!(!cmdline.contains(secret) && !environ.contains(secret), "{secret}: {cmdline:?} {environ:?}");
+    }
+    assert!(environ.bytes().all(|b| b == 0), "{environ:?}");
+}
+
 /// Under KVM the same attacks never reach the host: `syscall` is an invalid opcode in a guest that
 /// never enabled it (VMX), or enters the guest's own LSTAR, 0, and page-faults (KVM-PVM here);
 /// either way guest-rt reports the trap, status 255.
 #[test]
 fn direct_system_calls_are_ud_under_kvm() {
-    require_kvm();
-    if process_mode() {
+    if kvm_only("`syscall` in a KVM guest") {
         return;
     }
     let dir = TempDir::new("kvm-syscalls");

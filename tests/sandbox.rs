@@ -70,14 +70,20 @@ fn every_exit_path_runs_under_the_filter() {
     let dir = TempDir::new("sandbox-exits");
     let report = dir.0.join("r.json");
     let report_opt = format!("--report={}", report.display());
+    // Pending: --dumpcore is refused in process mode until its core is written there
+    // (tests/process.rs checks the refusal); the report's exit path runs all the same.
     let dump_opt = format!("--dumpcore={}", dir.0.display());
+    let mut reported: Vec<&str> = vec![&report_opt, &dump_opt, h, "fault"];
+    if process_mode() {
+        reported.remove(1);
+    }
     for (args, want) in [
         (vec![h], 0),
         (vec![h, "fail", "3"], 3),
         (vec![h, "panic"], 255),
         (vec![h, "fault"], 255),
         (vec![h, "alloc"], 0),
-        (vec![&report_opt, &dump_opt, h, "fault"], 255),
+        (reported, 255),
         (vec!["--timeout=1", h, "time", "5000"], 1),
     ] {
         let (code, out, err) = run(&args);

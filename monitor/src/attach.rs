@@ -49,11 +49,7 @@ pub fn attach_devices(config: &Config, manifest: &Manifest) -> Result<(Vec<Devic
         devices[handle] = Device::Net(dev);
     }
     if let Some(e) = manifest.entries.iter().find(|e| e.dev_type < MFT_RESERVED_FIRST && e.attached == 0) {
-        let kind = match e.dev_type {
-            guest_abi::MFT_DEV_BLOCK_BASIC => "BLOCK_BASIC",
-            guest_abi::MFT_DEV_NET_BASIC => "NET_BASIC",
-            _ => "unknown",
-        };
+        let kind = DeviceKind::from_abi_type(e.dev_type).map_or("unknown", DeviceKind::abi_name);
         return Err(Error::Device(format!(
             "Device '{}' of type {kind} declared but not attached. All declared devices must be attached. See --help for syntax.",
             String::from_utf8_lossy(e.name_bytes())
@@ -88,7 +84,7 @@ fn resolve(manifest: &Manifest, name: Option<&str>, kind: DeviceKind, value: &st
                         "{value}: the unikernel declares several {} devices ({}); name one, as in --{}:NAME={value}",
                         kind.abi_name(),
                         names.join(", "),
-                        if kind == DeviceKind::Block { "block" } else { "net" }
+                        kind.option_name()
                     )));
                 }
             }

@@ -10,7 +10,7 @@ use crate::elf::ElfError;
 use crate::jail::JailError;
 use crate::kvm::KvmError;
 use crate::memory::MemoryError;
-use crate::process::ProcessError;
+use crate::process::{ProcessError, ScrubError};
 
 /// Everything that can stop a run before the guest starts. Each is one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -39,4 +39,6 @@ pub enum Error {
     Jail(#[from] JailError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    Scrub(#[from] ScrubError),
 }

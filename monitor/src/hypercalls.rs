@@ -55,10 +55,10 @@ impl Hypercalls {
     }
 
     fn walltime(&mut self, gpa: u64) -> Result<(), HaltOr> {
-        let mut arg: HcWalltime = self.ram.read_arg(gpa)?;
+        let (mut arg, slot): (HcWalltime, _) = self.ram.read_out_arg(gpa)?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         arg.nsecs = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        Ok(self.ram.write_arg(gpa, arg)?)
+        Ok(self.ram.write_back(slot, arg)?)
     }
 
     fn puts(&mut self, gpa: u64) -> Result<(), HaltOr> {
@@ -87,9 +87,8 @@ impl Hypercalls {
     }
 
     fn poll(&mut self, gpa: u64) -> Result<(), HaltOr> {
-        let mut arg: HcPoll = self.ram.read_arg(gpa)?;
-        // Check the out-fields before blocking, so a bad pointer fails fast.
-        self.ram.check_write(gpa, size_of::<HcPoll>() as u64)?;
+        // The out-fields are checked before blocking, so a bad pointer fails fast.
+        let (mut arg, slot): (HcPoll, _) = self.ram.read_out_arg(gpa)?;
         // While the guest waits for the ring's thread, POLL also wakes on its progress; when the
         // thread has work pending, POLL does not sleep at all.
         let wait_for = self.ring.as_ref().map_or(PollFor::Devices, Ring::enter_poll);
@@ -113,12 +112,11 @@ impl Hypercalls {
             }
             Err(e) => return Err(HypercallError::Host(format!("poll failed: {e}")).into()),
         }
-        Ok(self.ram.write_arg(gpa, arg)?)
+        Ok(self.ram.write_back(slot, arg)?)
     }
 
     fn block(&mut self, nr: Hypercall, gpa: u64) -> Result<(), HaltOr> {
-        let mut arg: HcBlock = self.ram.read_arg(gpa)?;
-        self.ram.check_write(gpa, size_of::<HcBlock>() as u64)?;
+        let (mut arg, slot): (HcBlock, _) = self.ram.read_out_arg(gpa)?;
         let read = nr == Hypercall::BlockRead;
         arg.ret = match self.device(arg.handle) {
             Some(Device::Block(dev)) => {
@@ -129,12 +127,11 @@ impl Hypercalls {
         if arg.ret == SOLO5_R_OK {
             self.count(arg.handle, read, arg.len);
         }
-        Ok(self.ram.write_arg(gpa, arg)?)
+        Ok(self.ram.write_back(slot, arg)?)
     }
 
     fn net(&mut self, nr: Hypercall, gpa: u64) -> Result<(), HaltOr> {
-        let mut arg: HcNet = self.ram.read_arg(gpa)?;
-        self.ram.check_write(gpa, size_of::<HcNet>() as u64)?;
+        let (mut arg, slot): (HcNet, _) = self.ram.read_out_arg(gpa)?;
         let read = nr == Hypercall::NetRead;
         let failed = |dev: &NetDevice, e| HypercallError::device(&dev.name, e);
         match self.device(arg.handle) {
@@ -149,7 +146,7 @@ impl Hypercalls {
         if arg.ret == SOLO5_R_OK {
             self.count(arg.handle, read, arg.len);
         }
-        Ok(self.ram.write_arg(gpa, arg)?)
+        Ok(self.ram.write_back(slot, arg)?)
     }
 
     fn halt(&mut self, gpa: u64) -> Result<(), HaltOr> {

@@ -8,10 +8,11 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use guest_abi::{ABI_VERSION, MEM_MAX, MFT_DEV_BLOCK_BASIC, MFT_DEV_NET_BASIC, MFT_VERSION};
+use guest_abi::{ABI_VERSION, MEM_MAX, MFT_VERSION};
 
 use crate::elf::{self, Kernel};
 use crate::error::Error;
+use crate::manifest::DeviceKind;
 use crate::report::json_string;
 
 /// What to print.
@@ -63,12 +64,8 @@ fn devices(kernel: &Kernel) -> Vec<(String, &'static str)> {
     kernel.manifest.entries[1..]
         .iter()
         .map(|e| {
-            let kind = match e.dev_type {
-                MFT_DEV_BLOCK_BASIC => "BLOCK_BASIC",
-                MFT_DEV_NET_BASIC => "NET_BASIC",
-                // The ABI does not range-check types; a run refuses such a device as unattached.
-                _ => "UNKNOWN",
-            };
+            // The ABI does not range-check types; a run refuses such a device as unattached.
+            let kind = DeviceKind::from_abi_type(e.dev_type).map_or("UNKNOWN", DeviceKind::abi_name);
             (String::from_utf8_lossy(e.name_bytes()).into_owned(), kind)
         })
         .collect()

@@ -27,10 +27,24 @@ impl DeviceKind {
         }
     }
 
+    /// The kind of a manifest entry's type; `None` for a type the tender does not know (the ABI
+    /// does not range-check types).
+    pub fn from_abi_type(dev_type: u32) -> Option<Self> {
+        [DeviceKind::Block, DeviceKind::Net].into_iter().find(|k| k.abi_type() == dev_type)
+    }
+
     pub fn abi_name(self) -> &'static str {
         match self {
             DeviceKind::Block => "BLOCK_BASIC",
             DeviceKind::Net => "NET_BASIC",
+        }
+    }
+
+    /// The command line's name for it: `--block:NAME=...`, `--net:NAME=...`.
+    pub fn option_name(self) -> &'static str {
+        match self {
+            DeviceKind::Block => "block",
+            DeviceKind::Net => "net",
         }
     }
 }

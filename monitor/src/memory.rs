@@ -81,6 +81,14 @@ abi_pod!(
     DebugArea
 );
 
+/// Where a struct read by [`GuestRam::read_out_arg`] goes back: only that method makes one, so
+/// holding one means the range was checked writable.
+#[must_use]
+pub struct OutArg<T> {
+    gpa: u64,
+    _arg: std::marker::PhantomData<T>,
+}
+
 /// Guest RAM: one anonymous, zero-filled mapping, at GPA 0 for a VM, or at host address `base`
 /// (= its GPA) in process mode. A clone shares the same mapping (the ring's I/O thread holds one).
 #[derive(Clone)]
@@ -186,10 +194,12 @@ impl GuestRam {
     }
 
     /// The ABI's range rule for a guest pointer: strictly inside guest-visible memory, and not
-    /// below its lowest address (process mode has nothing mapped below 0x10000).
+    /// below its lowest address (process mode has nothing mapped below 0x10000). An empty range
+    /// touches nothing and only needs `gpa < limit`, as under KVM: Rust's empty slices point at
+    /// address 1 (`puts("")` of guest-rt).
     pub fn check(&self, gpa: u64, len: u64) -> Result<(), GuestFault> {
         match gpa.checked_add(len) {
-            Some(end) if gpa >= self.base && gpa < self.limit && end < self.limit => Ok(()),
+            Some(end) if (gpa >= self.base || len == 0) && gpa < self.limit && end < self.limit => Ok(()),
             _ => Err(GuestFault { gpa, len, write: false }),
         }
     }
@@ -222,6 +232,36 @@ impl GuestRam {
     {
         let len = size_of::<T>() as u64;
         self.check_write(gpa, len)?;
+        self.write_checked(gpa, val)
+    }
+
+    /// Reads a hypercall argument struct that has out-fields: checked once, as writable, before
+    /// anything is read or done (a bad pointer fails fast); [`write_back`](Self::write_back)
+    /// then writes it without checking again.
+    pub fn read_out_arg<T: Copy + Default>(&self, gpa: u64) -> Result<(T, OutArg<T>), GuestFault>
+    where
+        Abi<T>: ByteValued,
+    {
+        let len = size_of::<T>() as u64;
+        self.check_write(gpa, len)?;
+        let val = self.mem.read_obj::<Abi<T>>(GuestAddress(gpa)).map_err(|_| GuestFault { gpa, len, write: false })?;
+        Ok((val.0, OutArg { gpa, _arg: std::marker::PhantomData }))
+    }
+
+    /// Writes back a struct read by [`read_out_arg`](Self::read_out_arg), whose range was checked
+    /// then (the read-only ranges are set before the guest runs and never change during it).
+    pub fn write_back<T: Copy + Default>(&self, slot: OutArg<T>, val: T) -> Result<(), GuestFault>
+    where
+        Abi<T>: ByteValued,
+    {
+        self.write_checked(slot.gpa, val)
+    }
+
+    fn write_checked<T: Copy + Default>(&self, gpa: u64, val: T) -> Result<(), GuestFault>
+    where
+        Abi<T>: ByteValued,
+    {
+        let len = size_of::<T>() as u64;
         self.mem.write_obj(Abi(val), GuestAddress(gpa)).map_err(|_| GuestFault { gpa, len, write: true })
     }
 
@@ -253,7 +293,9 @@ impl GuestRam {
     fn get(&self, gpa: u64, len: u64, write: bool) -> Result<VolatileSlice<'_, ()>, GuestFault> {
         let fault = GuestFault { gpa, len, write };
         let n = usize::try_from(len).map_err(|_| fault)?;
-        self.mem.get_slice(GuestAddress(gpa), n).map_err(|_| fault)
+        // An empty range below the base (see `check`): an empty slice at the base.
+        let at = if n == 0 { gpa.max(self.base) } else { gpa };
+        self.mem.get_slice(GuestAddress(at), n).map_err(|_| fault)
     }
 }
 
@@ -286,6 +328,12 @@ mod tests {
         assert!(r.slice_mut(0x10_1fff, 1).is_err());
         assert!(r.slice_mut(0x10_2000, 16).is_ok());
         assert!(r.slice(0x10_1000, 16).is_ok(), "reading is fine");
+        // An argument with out-fields is refused before it is read, as a write.
+        assert!(r.read_out_arg::<HcWalltime>(0x10_1000).is_err_and(|f| f.write));
+        assert!(r.read_out_arg::<HcWalltime>(0x10_1ffc).is_err_and(|f| f.write), "straddling");
+        let (arg, slot) = r.read_out_arg::<HcWalltime>(0x10_2000).unwrap();
+        r.write_back(slot, HcWalltime { nsecs: arg.nsecs + 7 }).unwrap();
+        assert_eq!(r.read_arg::<HcWalltime>(0x10_2000).unwrap().nsecs, 7);
         assert!(r.check_write(0x10_2000, 0).is_ok());
         assert!(r.check_write(0x10_1000, 0).is_err(), "an empty write inside is still refused");
         r.write_arg(0x20_0000, HcWalltime { nsecs: 7 }).unwrap();
@@ -300,9 +348,11 @@ mod tests {
         let base = 0x3_0000_0000;
         let r = GuestRam::new_at(base, base + (4 << 20), base + (2 << 20)).unwrap();
         assert_eq!((r.base(), r.total(), r.host_base() as u64), (base, base + (4 << 20), base));
-        assert!(r.check(0, 0).is_err(), "page 0 is not guest memory");
+        assert!(r.check(0, 1).is_err(), "page 0 is not guest memory");
         assert!(r.check(base - 8, 16).is_err(), "straddling the base");
         assert!(r.check(base, 8).is_ok());
+        assert!(r.check(1, 0).is_ok() && r.slice(1, 0).is_ok_and(|s| s.is_empty()), "an empty range touches nothing");
+        assert!(r.check(1, 1).is_err() && r.check(base + (2 << 20), 0).is_err());
         r.write_arg(base + 0x1000, HcWalltime { nsecs: 9 }).unwrap();
         // SAFETY: reads the u64 just written through the checked path, at its host address.
         assert_eq!(unsafe { ((base + 0x1000) as *const u64).read() }, 9);

@@ -31,11 +31,11 @@ use crate::jail::Jail;
 use crate::memory::GuestRam;
 use crate::observe::{Control, Observer, Stop, Stopped};
 use crate::outcome::{GuestError, HypercallError, RunEnd};
-use crate::process::ProcessGuest;
+use crate::process::{self, ProcessGuest};
 use crate::report::{DeviceStats, Stats};
 use crate::sandbox::{self, SeccompMode};
 use crate::signals;
-use tender_seccomp::Allowlist;
+use tender_seccomp::{Allowlist, BlockFile};
 
 /// What runs the guest's instructions.
 enum Cpu {
@@ -43,6 +43,16 @@ enum Cpu {
     Kvm(Machine),
     /// tender's own main thread (`--mode=process`).
     Process(ProcessGuest),
+}
+
+impl Cpu {
+    /// The KVM VM, when there is one.
+    fn kvm(&self) -> Option<&Machine> {
+        match self {
+            Cpu::Kvm(m) => Some(m),
+            Cpu::Process(_) => None,
+        }
+    }
 }
 
 pub struct Vm {
@@ -164,14 +174,16 @@ impl Vm {
         self.exit_files = exit_files.to_vec();
         let mut allow = self.allowlist();
         observer.sandbox(&mut allow);
-        let vm_fd = match &self.cpu {
-            Cpu::Kvm(m) => Some(m.vm.as_raw_fd()),
-            Cpu::Process(_) => None,
-        };
+        let vm_fd = self.cpu.kvm().map(|m| m.vm.as_raw_fd());
         // POLL's second epoll set is allowed only once the ring runs, but it must outlive the jail's
         // closing of fds for the ring to join it.
         let ring_poll = self.ring_gpa.map(|_| self.calls.poller.ring_fd());
         let keep: Vec<RawFd> = allow.fds().chain(vm_fd).chain(ring_poll).collect();
+        if let Cpu::Process(_) = self.cpu {
+            // The guest will share this address space: nothing of the caller's command line or
+            // environment stays for it to read. Before the jail, which may hide /proc.
+            process::scrub_args_and_env()?;
+        }
         jail.enter(&keep)?;
         self.calls.ring = self.ring_gpa.and_then(|gpa| self.start_ring(gpa));
         if let Some(ring) = &self.calls.ring {
@@ -214,12 +226,8 @@ impl Vm {
             })
             .collect();
         // The thread takes a copy of `ram` with its read-only ranges (set by `new`).
-        let vm = match &self.cpu {
-            Cpu::Kvm(m) => Some(&m.vm),
-            Cpu::Process(_) => None,
-        };
         let spin = std::time::Duration::from_micros(u64::from(self.ring_spin_us));
-        Ring::start(vm, &self.calls.ram, gpa, targets, spin)
+        Ring::start(self.cpu.kvm().map(|m| &m.vm), &self.calls.ram, gpa, targets, spin)
             .map_err(|e| self.warnings.push(format!("I/O ring not available ({e}), using hypercalls")))
             .ok()
     }
@@ -301,10 +309,7 @@ impl Vm {
     fn allowlist(&self) -> Allowlist {
         let [epoll, timer, wake] = self.calls.poller.fds();
         let mut allow = Allowlist {
-            vcpu_fd: match &self.cpu {
-                Cpu::Kvm(m) => Some(m.vcpu.as_raw_fd()),
-                Cpu::Process(_) => None,
-            },
+            vcpu_fd: self.cpu.kvm().map(|m| m.vcpu.as_raw_fd()),
             // 1 and 2 for PUTS and messages; the wake-up eventfd for the signal handler.
             output_fds: vec![1, 2, wake],
             epoll_fd: Some(epoll),
@@ -322,7 +327,7 @@ impl Vm {
         };
         for dev in &self.calls.devices {
             match dev {
-                Device::Block(b) => allow.block_fds.push(b.raw_fd()),
+                Device::Block(b) => allow.block_files.push(BlockFile { fd: b.raw_fd(), size: b.capacity() }),
                 Device::Net(n) => allow.tap_fds.push(n.raw_fd()),
                 Device::None => {}
             }

@@ -21,6 +21,15 @@ pub const KVM_SET_REGS: u64 = 0x4090_AE82;
 pub const KVM_SET_SREGS: u64 = 0x4138_AE84;
 pub const KVM_SET_GUEST_DEBUG: u64 = 0x4048_AE9B;
 
+/// The largest `pread64`/`pwrite64` on a block file that the filter lets through. The monitor
+/// moves a block request in pieces whose length is a power of two up to this (`BlockIo`), so
+/// that the filter can check each piece against the file's size (see [`BlockFile`]).
+pub const BLOCK_IO_MAX: u64 = 1 << 20;
+
+/// The most block files whose `pwrite64` the filter bounds exactly ([`BlockFile`]); the ABI
+/// allows 63 devices, each filter has room for this many at about 300 instructions each.
+pub const EXACT_BLOCK_FILES: usize = 8;
+
 /// `TUNATTACHFILTER` (`_IOW('T', 213, struct sock_fprog)`): a tap's receive filter, replaced when
 /// the guest's address changes (`monitor/src/devices/rx_filter`).
 pub const TUNATTACHFILTER: u64 = 0x4010_54d5;
@@ -42,6 +51,25 @@ pub enum Mode {
     Log,
 }
 
+/// A block device's backing file: `pread64` and `pwrite64` on `fd`, inside `size`.
+///
+/// A filter cannot add two arguments, so "offset + count <= size" for `pwrite64` is checked as
+/// one rule per power of two `c` up to [`BLOCK_IO_MAX`]: `count <= c && offset <= size - c`. A
+/// call that passes one of them ends inside the file (`offset + count <= size - c + c`), whatever
+/// its arguments; and every piece the monitor moves (a power-of-two `count` ending inside the
+/// file) passes the rule for its own `count`. So not even a forged call can grow the file or
+/// write past its end. Those 21 rules cost about 300 BPF instructions per file, and a filter
+/// has at most 4,096: with more than [`EXACT_BLOCK_FILES`] block files, and for `pread64`
+/// always (reading past the end of a file reads nothing), one coarser rule stands instead:
+/// `count <= BLOCK_IO_MAX && offset < size`, which lets a forged write grow a file by less
+/// than `BLOCK_IO_MAX` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockFile {
+    pub fd: RawFd,
+    /// The file's size in bytes when the run started.
+    pub size: u64,
+}
+
 /// The fds a run uses; every fd-taking call is allowed on exactly these.
 #[derive(Clone, Debug, Default)]
 pub struct Allowlist {
@@ -51,8 +79,8 @@ pub struct Allowlist {
     pub output_fds: Vec<RawFd>,
     /// Taps: `read`, `write`, and `ioctl(TUNATTACHFILTER)`.
     pub tap_fds: Vec<RawFd>,
-    /// Block backing files: `pread64` and `pwrite64`.
-    pub block_fds: Vec<RawFd>,
+    /// Block backing files: `pread64` and `pwrite64`, inside the file.
+    pub block_files: Vec<BlockFile>,
     /// Files written at exit (report, core dump): `write`, `pwrite64`.
     pub exit_file_fds: Vec<RawFd>,
     /// A core dump armed with `--dumpcore`: (unnamed file, socket to its link helper). The file
@@ -91,6 +119,36 @@ fn cond(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
     SeccompCondition::new(arg, SeccompCmpArgLen::Dword, op, value).expect("valid seccomp condition")
 }
 
+/// A 64-bit argument compared whole (`cond` compares the low 32 bits, enough for fds and flags).
+fn cond64(arg: u8, op: SeccompCmpOp, value: u64) -> SeccompCondition {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value).expect("valid seccomp condition")
+}
+
+/// `pread64`/`pwrite64(fd, buf, count, offset)` that start inside `file` and move at most
+/// `BLOCK_IO_MAX` bytes (see [`BlockFile`]).
+fn starts_inside(file: &BlockFile) -> Vec<SeccompRule> {
+    vec![rule(vec![
+        cond(0, SeccompCmpOp::Eq, file.fd as u64),
+        cond64(2, SeccompCmpOp::Le, BLOCK_IO_MAX),
+        cond64(3, SeccompCmpOp::Lt, file.size),
+    ])]
+}
+
+/// `pwrite64(fd, buf, count, offset)` that stay inside `file` (see [`BlockFile`]).
+fn inside(file: &BlockFile) -> Vec<SeccompRule> {
+    (0..=BLOCK_IO_MAX.trailing_zeros())
+        .map(|bit| 1u64 << bit)
+        .filter(|&c| c <= file.size)
+        .map(|c| {
+            rule(vec![
+                cond(0, SeccompCmpOp::Eq, file.fd as u64),
+                cond64(2, SeccompCmpOp::Le, c),
+                cond64(3, SeccompCmpOp::Le, file.size - c),
+            ])
+        })
+        .collect()
+}
+
 fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
     // Only fails for an empty condition list; every caller passes at least one.
     SeccompRule::new(conditions).expect("valid seccomp rule")
@@ -104,7 +162,7 @@ impl Allowlist {
             .iter()
             .chain(&self.output_fds)
             .chain(&self.tap_fds)
-            .chain(&self.block_fds)
+            .chain(self.block_files.iter().map(|b| &b.fd))
             .chain(&self.exit_file_fds)
             .chain(&self.epoll_fd)
             .chain(&self.timer_fd)
@@ -168,9 +226,13 @@ impl Allowlist {
                 rule(vec![cond(0, SeccompCmpOp::Eq, u64::from(pid)), cond(1, SeccompCmpOp::Eq, libc::SIGUSR1 as u64)]);
             add(libc::SYS_kill, vec![own_usr1]);
         }
-        add(libc::SYS_pread64, fds(&self.block_fds));
-        let pwritable: Vec<RawFd> =
-            self.block_fds.iter().chain(&self.exit_file_fds).chain(&self.debugger_mem_fd).copied().collect();
+        add(libc::SYS_pread64, self.block_files.iter().flat_map(starts_inside).collect());
+        let exact = self.block_files.len() <= EXACT_BLOCK_FILES;
+        add(
+            libc::SYS_pwrite64,
+            self.block_files.iter().flat_map(|f| if exact { inside(f) } else { starts_inside(f) }).collect(),
+        );
+        let pwritable: Vec<RawFd> = self.exit_file_fds.iter().chain(&self.debugger_mem_fd).copied().collect();
         add(libc::SYS_pwrite64, fds(&pwritable));
         let epolls: Vec<RawFd> = self.epoll_fd.iter().chain(&self.ring_epoll_fd).copied().collect();
         add(libc::SYS_epoll_wait, fds(&epolls));

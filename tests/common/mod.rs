@@ -48,6 +48,19 @@ pub fn process_mode() -> bool {
     std::env::var("TENDER_MODE").is_ok_and(|m| m == "process")
 }
 
+/// For tests of what only a KVM run has: guest code at CPL 0 (guest-rt's own start, raw CPL 0
+/// ELFs), VM exits (HLT, triple fault, MMIO), the vCPU's registers. Under `TENDER_MODE=process`
+/// it says why the test is skipped and returns true (the caller returns); otherwise it requires
+/// /dev/kvm and returns false. Every use is listed in docs/PROCESS_MODE.md ("KVM-only tests").
+pub fn kvm_only(why: &str) -> bool {
+    if process_mode() {
+        eprintln!("skipped under TENDER_MODE=process (KVM only): {why}");
+        return true;
+    }
+    require_kvm();
+    false
+}
+
 /// The guest `name` built with the `debug-guest` profile (symbols and frame info, for gdb).
 pub fn debug_guest(name: &str) -> PathBuf {
     cargo_build(&["--profile", "debug-guest", "-p", name]);

@@ -182,17 +182,40 @@ fn raw_syscall(attack: &str, path: Option<&str>) -> i32 {
         "syscall-exit" => (60, [0; 5]),
         "syscall-rt_sigaction" => (13, [sig_segv, zeroed.as_ptr() as u64, 0, 8, 0]),
         "syscall-mmap" => (9, [0, 4096, 3, 0x22, u64::MAX]),
+        "syscall-mprotect" => (10, [text_address() & !0xfff, 4096, 7, 0, 0]),
+        "syscall-sigaltstack" => (131, [zeroed.as_ptr() as u64, 0, 0, 0, 0]),
         _ => return UNKNOWN,
     };
+    let ret = syscall(nr, args);
+    println!("hostile: {attack} returned {ret}");
+    ANSWERED
+}
+
+/// `syscall-pwrite FD OFFSET`: 512 bytes of 0xAA written straight to tender's fd FD at byte
+/// OFFSET, as a subverted guest in process mode would aim at a block file. If it returns, the
+/// guest says what it got and exits [`ANSWERED`].
+fn raw_pwrite() -> i32 {
+    let mut words = guest_rt::cmdline().split_whitespace().skip(1).map(str::parse::<u64>);
+    let (Some(Ok(fd)), Some(Ok(offset))) = (words.next(), words.next()) else {
+        return SETUP_FAILED;
+    };
+    let data = [0xAAu8; 512];
+    let ret = syscall(18, [fd, data.as_ptr() as u64, data.len() as u64, offset, 0]);
+    println!("hostile: syscall-pwrite {fd} {offset} returned {ret}");
+    ANSWERED
+}
+
+/// System call `nr` with `args`, made by the guest itself.
+fn syscall(nr: u64, args: [u64; 5]) -> i64 {
     let ret: i64;
-    // SAFETY: an attack on the host, not on guest memory: every pointer passed is to a local.
+    // SAFETY: an attack on the host, not on guest memory: the callers pass pointers to locals
+    // (or, for mprotect, guest text the call may not change).
     unsafe {
         core::arch::asm!("syscall", inlateout("rax") nr as i64 => ret, in("rdi") args[0], in("rsi") args[1],
             in("rdx") args[2], in("r10") args[3], in("r8") args[4], in("r9") 0u64,
             lateout("rcx") _, lateout("r11") _, options(nostack))
     };
-    println!("hostile: {attack} returned {ret}");
-    ANSWERED
+    ret
 }
 
 fn text_address() -> u64 {
@@ -222,6 +245,8 @@ fn main() -> i32 {
         // the ABI lets the guest print it, all zeros), and a big buffer (4 MiB in one call).
         "puts-just-below-end" => puts_raw(mem - 2, 1),
         "puts-empty" => puts_raw(0x20_0000, 0),
+        // Where a Rust empty slice points (`puts("")`).
+        "puts-empty-dangling" => puts_raw(1, 0),
         "puts-low-area" => puts_raw(0x1000, 8),
         "puts-large" => puts_raw(0x1_0000, 4 << 20),
         // The argument struct itself outside RAM, straddling the end, ending exactly at it.
@@ -351,6 +376,7 @@ fn main() -> i32 {
         "cpl0-mmio-write" => return at_cpl0(hostile_cpl0_mmio_write),
         // Process mode (docs/PROCESS_MODE.md): the guest makes system calls itself, and only the
         // filter stands in the way. Under KVM, `syscall` is #UD (the guest never enabled it).
+        "syscall-pwrite" => return raw_pwrite(),
         a if a.starts_with("syscall-") => return raw_syscall(a, guest_rt::cmdline().split_whitespace().nth(1)),
         // Runs that only end from outside: a busy loop, and a POLL that waits ~584 years.
         "loop" => loop {

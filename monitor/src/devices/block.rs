@@ -5,6 +5,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 use guest_abi::{HcBlock, SOLO5_R_EINVAL, SOLO5_R_OK};
+use tender_seccomp::BLOCK_IO_MAX;
 
 use crate::devices::IoError;
 use crate::memory::GuestRam;
@@ -98,34 +99,39 @@ impl BlockIo {
         if read {
             let buf = ram.slice_mut(data, len).map_err(IoError::Guest)?;
             let base = buf.ptr_guard_mut().as_ptr();
-            self.transfer("read", buf.len(), offset, |done, at| {
+            self.transfer("read", buf.len(), offset, |done, count, at| {
                 // SAFETY: `base..base+len` is a checked, host-writable range of guest RAM
-                // (`ram.slice_mut`) that stays mapped for this call, and `done < len`.
-                unsafe { libc::pread64(self.fd, base.add(done).cast(), buf.len() - done, at) }
+                // (`ram.slice_mut`) that stays mapped for this call, and `done + count <= len`.
+                unsafe { libc::pread64(self.fd, base.add(done).cast(), count, at) }
             })
         } else {
             let buf = ram.slice(data, len).map_err(IoError::Guest)?;
             let base = buf.ptr_guard().as_ptr();
-            self.transfer("write", buf.len(), offset, |done, at| {
+            self.transfer("write", buf.len(), offset, |done, count, at| {
                 // SAFETY: `base..base+len` is a checked range of guest RAM (`ram.slice`) that
-                // stays mapped for this call, and `done < len`; the kernel only reads from it.
-                unsafe { libc::pwrite64(self.fd, base.add(done).cast(), buf.len() - done, at) }
+                // stays mapped for this call, and `done + count <= len`; the kernel only reads
+                // from it.
+                unsafe { libc::pwrite64(self.fd, base.add(done).cast(), count, at) }
             })
         }
     }
 
-    /// Repeats `io(done, file offset)` until `len` bytes moved. A host error, or the file ending
-    /// early, ends the run: the guest must never believe a write landed that did not.
+    /// Repeats `io(done, count, file offset)` until `len` bytes moved. A host error, or the file
+    /// ending early, ends the run: the guest must never believe a write landed that did not.
+    ///
+    /// Each call moves a power of two of at most `BLOCK_IO_MAX` bytes (the largest that fits in
+    /// what is left), which is what the seccomp filter lets through (`tender_seccomp::BlockFile`).
     fn transfer(
         &self,
         op: &'static str,
         len: usize,
         offset: u64,
-        mut io: impl FnMut(usize, i64) -> isize,
+        mut io: impl FnMut(usize, usize, i64) -> isize,
     ) -> Result<i32, IoError> {
         let mut done = 0usize;
         while done < len {
-            match io(done, (offset + done as u64) as i64) {
+            let count = piece(len - done);
+            match io(done, count, (offset + done as u64) as i64) {
                 n if n > 0 => done += n as usize,
                 0 => return Err(IoError::Host { op, errno: 0 }),
                 _ => {
@@ -137,5 +143,25 @@ impl BlockIo {
             }
         }
         Ok(SOLO5_R_OK)
+    }
+}
+
+/// The length of the next system call for `left` (> 0) bytes: the largest power of two not
+/// above `left` or `BLOCK_IO_MAX`.
+fn piece(left: usize) -> usize {
+    let max = BLOCK_IO_MAX as usize;
+    if left >= max { max } else { 1 << left.ilog2() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_are_powers_of_two_up_to_the_filter_limit() {
+        let max = BLOCK_IO_MAX as usize;
+        for (left, want) in [(1, 1), (512, 512), (1536, 1024), (4095, 2048), (max, max), (3 * max + 7, max)] {
+            assert_eq!(piece(left), want, "{left}");
+        }
     }
 }

@@ -6,7 +6,10 @@
 //! [`ProcessGuest::run`] jumps to the guest and returns once a handler has landed the run.
 
 mod decode;
+mod scrub;
 mod trap;
+
+pub use scrub::{ScrubError, scrub_args_and_env};
 
 use std::os::fd::RawFd;
 
