@@ -130,6 +130,10 @@ fn podman_runs_hello_with_its_exit_statuses() {
     let (code, out, err) = p.run(&oci, &["--rm", "hello-image", "one", "two"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Hello, world!") && out.contains("cmdline: one two"), "{out}");
+    // With a terminal (`-t`): conmon gets the terminal's master over its console socket.
+    let (code, out, err) = p.run(&oci, &["--rm", "-t", "hello-image", "on", "a", "tty"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Hello, world!\r\n") && out.contains("cmdline: on a tty"), "{out:?}");
     let (code, _, err) = p.run(&oci, &["--rm", "hello-image", "fail", "3"]);
     assert_eq!(code, 3, "{err}");
     let (code, out, _) = p.run(&oci, &["--rm", "hello-image", "panic"]);
@@ -308,16 +312,26 @@ fn oci(root: &Path, args: &[&str]) -> (i32, String, String) {
 /// `create`, whose container process keeps the stdio it is given (the guest's console): files,
 /// so that waiting for `create` does not wait for the container.
 fn oci_create(root: &Path, bundle: &str, id: &str, console: &Path, pid_file: Option<&Path>) -> (i32, String) {
+    match pid_file {
+        Some(p) => oci_create_with(root, bundle, id, console, &["--pid-file", p.to_str().unwrap()]),
+        None => oci_create_with(root, bundle, id, console, &[]),
+    }
+}
+
+/// `create` with `options` before the id.
+fn oci_create_with(root: &Path, bundle: &str, id: &str, console: &Path, options: &[&str]) -> (i32, String) {
     let out = std::fs::File::create(console).unwrap();
     let err_path = console.with_extension("err");
     let err = std::fs::File::create(&err_path).unwrap();
     let mut c = Command::new(tender_oci_path());
     c.arg(format!("--root={}", root.display())).args(["create", "--bundle", bundle]);
-    if let Some(p) = pid_file {
-        c.args(["--pid-file", p.to_str().unwrap()]);
-    }
-    let status = c.arg(id).stdin(Stdio::null()).stdout(out).stderr(err).status().unwrap();
+    let status = c.args(options).arg(id).stdin(Stdio::null()).stdout(out).stderr(err).status().unwrap();
     (status.code().unwrap_or(-1), std::fs::read_to_string(err_path).unwrap())
+}
+
+/// One line `tender-oci: MESSAGE` holding `want`.
+fn assert_one_oci_error(stderr: &str, want: &str) {
+    assert!(stderr.starts_with("tender-oci: ") && stderr.lines().count() == 1 && stderr.contains(want), "{stderr:?}");
 }
 
 fn status_of(root: &Path, id: &str) -> String {
@@ -325,6 +339,17 @@ fn status_of(root: &Path, id: &str) -> String {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["status"].as_str().unwrap().to_string()
+}
+
+/// Waits (boundedly) for container `id` to stop.
+fn wait_stopped(root: &Path, id: &str) {
+    for _ in 0..100 {
+        if status_of(root, id) == "stopped" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("container {id} did not stop");
 }
 
 #[test]
@@ -364,13 +389,7 @@ fn lifecycle_state_kill_delete() {
     }
     let (code, _, err) = oci(&root, &["kill", "web", "TERM"]);
     assert_eq!(code, 0, "{err}");
-    for _ in 0..100 {
-        if status_of(&root, "web") == "stopped" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(status_of(&root, "web"), "stopped");
+    wait_stopped(&root, "web");
     let output = std::fs::read_to_string(&console).unwrap();
     assert!(output.contains("http: listening on 10.0.0.2"), "{output}");
     let (code, _, _) = oci(&root, &["kill", "web", "KILL"]);
@@ -595,4 +614,69 @@ fn containerd_runs_hello_and_a_pod() {
     assert!(answer.ends_with("\n200"), "curl from the veth's other end: {answer:?}");
     ctd.remove("web");
     ctd.remove("pause");
+}
+
+/// Receives the terminal master `create` sends over the console socket: the fd and the message.
+fn receive_terminal(listener: &std::os::unix::net::UnixListener) -> (std::fs::File, String) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (stream, _) = listener.accept().unwrap();
+    let mut name = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let fd = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("an fd in the message");
+    let len = msg.bytes;
+    // SAFETY: the fd just arrived with SCM_RIGHTS: it is open and nothing else owns it.
+    let master = unsafe { std::fs::File::from_raw_fd(fd) };
+    (master, String::from_utf8_lossy(&name[..len]).into_owned())
+}
+
+#[test]
+fn a_terminal_goes_over_the_console_socket() {
+    require_root();
+    require_kvm();
+    let dir = TempDir::new("oci-tty");
+    let root = dir.0.join("state");
+    let b = bundle(&dir.0, &[(&guest("hello"), "/hello")], &["/hello", "on", "a", "tty"], |t| {
+        *t = t.replace("\"terminal\": false", "\"terminal\": true")
+    });
+    let b = b.to_str().unwrap();
+    // Without a socket: one error line, nothing left.
+    let (code, _, err) = oci(&root, &["create", "--bundle", b, "tty"]);
+    assert_eq!(code, 1);
+    assert_one_oci_error(&err, "--console-socket");
+    assert_nothing_left(&root, "tty");
+    let socket = dir.0.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (code, err) =
+        oci_create_with(&root, b, "tty", &dir.0.join("console"), &["--console-socket", socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (master, name) = receive_terminal(&listener);
+    assert!(name.starts_with("/dev/pts/"), "the terminal's name comes with it: {name:?}");
+    let (code, _, err) = oci(&root, &["start", "tty"]);
+    assert_eq!(code, 0, "{err}");
+    // The guest's console comes out of the master; EIO once the last slave (tender) is gone.
+    let mut output = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut &master, &mut output);
+    let output = String::from_utf8_lossy(&output);
+    assert!(output.contains("Hello, world!") && output.contains("cmdline: on a tty"), "{output}");
+    let console = std::fs::read_to_string(dir.0.join("console")).unwrap();
+    assert_eq!(console, "", "nothing on the stdout create was given");
+    wait_stopped(&root, "tty");
+    let (code, _, err) = oci(&root, &["delete", "tty"]);
+    assert_eq!(code, 0, "{err}");
+    assert_nothing_left(&root, "tty");
 }

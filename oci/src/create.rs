@@ -16,7 +16,7 @@ use crate::init::{self, Init};
 use crate::plan::{PlanError, plan};
 use crate::state::{Owner, Record, Root, StateError, start_time};
 use crate::urunc::{self, Urunc};
-use crate::{cgroup, passthrough};
+use crate::{cgroup, console, passthrough};
 
 /// urunc's packaging file in the rootfs.
 const URUNC_JSON: &str = "/urunc.json";
@@ -41,10 +41,10 @@ pub enum CreateError {
     Urunc(#[from] urunc::UruncError),
     #[error("urunc block {0}: not a file in the rootfs, or the unikernel has not exactly one block device")]
     UruncBlock(String),
-    #[error("process.terminal needs --console-socket")]
+    #[error("process.terminal is set but no --console-socket was given")]
     NoConsoleSocket,
-    #[error("a terminal (process.terminal) is not supported for unikernel containers yet")]
-    Terminal,
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
     #[error("{step}: {err}")]
     Sys { step: &'static str, err: nix::Error },
     #[error("{step}: {err}")]
@@ -122,9 +122,11 @@ fn create_unikernel(
     urunc: Option<(Urunc, PathBuf)>,
 ) -> Result<(), CreateError> {
     let process = spec.process().as_ref();
-    if process.and_then(|p| p.terminal()).unwrap_or(false) {
-        return Err(if a.console_socket.is_some() { CreateError::Terminal } else { CreateError::NoConsoleSocket });
-    }
+    let console_socket = match (process.and_then(|p| p.terminal()).unwrap_or(false), a.console_socket) {
+        (false, _) => None,
+        (true, None) => return Err(CreateError::NoConsoleSocket),
+        (true, Some(s)) => Some(s),
+    };
     let kernel_path = process.and_then(|p| p.args().as_ref()).and_then(|a| a.first()).cloned().unwrap_or_default();
     // The manifest's net devices decide the network; the full check, with this memory size,
     // runs in the container's process on the very fds tender gets.
@@ -175,6 +177,7 @@ fn create_unikernel(
     }
 
     let tender = tender_binary()?;
+    let terminal = console_socket.map(console::open).transpose()?;
     let init = Init {
         plan,
         kernel: uk.file,
@@ -184,6 +187,7 @@ fn create_unikernel(
         chroot,
         fifo,
         keep,
+        terminal,
     };
     let namespaces = linux.and_then(|l| l.namespaces().clone()).unwrap_or_default();
     let pid = spawn(init, &namespaces, record.cgroup.as_deref())?;

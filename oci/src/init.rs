@@ -12,11 +12,13 @@ use oci_spec::runtime::PosixRlimit;
 use tender::config::{BlockSpec, Config, NetSpec};
 use tender::devices::net::TapSource;
 
-use crate::network;
 use crate::plan::{NetLaunch, Plan, tender_command};
+use crate::{console, network};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    #[error("terminal: {0}")]
+    Terminal(nix::Error),
     #[error("rlimit {0}: {1}")]
     Rlimit(String, nix::Error),
     #[error(transparent)]
@@ -40,6 +42,8 @@ pub struct Init {
     pub fifo: PathBuf,
     /// Files tender reaches as `/proc/self/fd/N` (a urunc block image in the rootfs).
     pub keep: Vec<File>,
+    /// The slave of the terminal whose master went to the engine (`process.terminal`).
+    pub terminal: Option<OwnedFd>,
 }
 
 /// Runs in the container's process; never returns. `ready` is the pipe to `create`: one line,
@@ -67,6 +71,9 @@ pub fn run(init: Init, mut ready: File) -> ! {
 }
 
 fn prepare(init: &Init) -> Result<Vec<CString>, InitError> {
+    if let Some(t) = &init.terminal {
+        console::adopt(t).map_err(InitError::Terminal)?;
+    }
     for r in &init.rlimits {
         set_rlimit(r)?;
     }

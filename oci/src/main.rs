@@ -2,6 +2,7 @@
 //! other container goes to runc. Each command maps to one call in the modules below.
 
 mod cgroup;
+mod console;
 mod create;
 mod detect;
 mod init;
