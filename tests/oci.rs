@@ -305,6 +305,15 @@ fn bundle(dir: &Path, files: &[(&Path, &str)], args: &[&str], edit: impl FnOnce(
     b
 }
 
+/// For tests of tender-oci's own command line: a temporary directory and a state root in it.
+fn direct(tag: &str) -> (TempDir, PathBuf) {
+    require_root();
+    require_kvm();
+    let dir = TempDir::new(tag);
+    let root = dir.0.join("state");
+    (dir, root)
+}
+
 fn oci(root: &Path, args: &[&str]) -> (i32, String, String) {
     decode(Command::new(tender_oci_path()).arg(format!("--root={}", root.display())).args(args).output().unwrap())
 }
@@ -354,10 +363,7 @@ fn wait_stopped(root: &Path, id: &str) {
 
 #[test]
 fn lifecycle_state_kill_delete() {
-    require_root();
-    require_kvm();
-    let dir = TempDir::new("oci-life");
-    let root = dir.0.join("state");
+    let (dir, root) = direct("oci-life");
     // runc's spec asks for a new, empty network namespace: the tap stays unconnected.
     let b = bundle(&dir.0, &[(&guest("http"), "/http")], &["/http", "--ipv4=10.0.0.2/24"], |_| {});
     let b = b.to_str().unwrap();
@@ -410,10 +416,7 @@ fn lifecycle_state_kill_delete() {
 
 #[test]
 fn refusals_are_one_line_and_leave_nothing() {
-    require_root();
-    require_kvm();
-    let dir = TempDir::new("oci-refuse");
-    let root = dir.0.join("state");
+    let (dir, root) = direct("oci-refuse");
     let hello = guest("hello");
     let forbidden = bundle(&dir.0.join("f"), &[(&hello, "/hello")], &["/hello"], |t| {
         *t = t.replacen("\"ociVersion\"", "\"annotations\": {\"com.tender.seccomp\": \"off\"}, \"ociVersion\"", 1)
@@ -455,9 +458,6 @@ fn refusals_are_one_line_and_leave_nothing() {
     let (code, _) = oci_create(&root, outside.to_str().unwrap(), "out", &dir.0.join("console"), None);
     assert_ne!(code, 0, "the host's hello must not be run");
     assert_nothing_left(&root, "out");
-    let (code, _, err) = oci(&root, &["--systemd-cgroup", "state", "x"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("systemd"), "{err}");
 }
 
 /// containerd with its own temporary config, root, state and socket (no CRI plugin), driven
@@ -612,7 +612,16 @@ fn containerd_runs_hello_and_a_pod() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(answer.ends_with("\n200"), "curl from the veth's other end: {answer:?}");
+    // eth0's redirect to the tap is tender-oci's: `delete` removes it from the pod's namespace,
+    // which outlives the unikernel.
+    let ingress = || {
+        let ns = format!("--net=/proc/{pid}/ns/net");
+        let out = Command::new("nsenter").arg(&ns).args(["tc", "filter", "show", "dev", "eth0", "ingress"]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
+    assert!(ingress().contains("mirred"), "the redirect while it runs: {}", ingress());
     ctd.remove("web");
+    assert_eq!(ingress(), "", "eth0's ingress filter left behind");
     ctd.remove("pause");
 }
 
@@ -646,10 +655,7 @@ fn receive_terminal(listener: &std::os::unix::net::UnixListener) -> (std::fs::Fi
 
 #[test]
 fn a_terminal_goes_over_the_console_socket() {
-    require_root();
-    require_kvm();
-    let dir = TempDir::new("oci-tty");
-    let root = dir.0.join("state");
+    let (dir, root) = direct("oci-tty");
     let b = bundle(&dir.0, &[(&guest("hello"), "/hello")], &["/hello", "on", "a", "tty"], |t| {
         *t = t.replace("\"terminal\": false", "\"terminal\": true")
     });
@@ -679,4 +685,115 @@ fn a_terminal_goes_over_the_console_socket() {
     let (code, _, err) = oci(&root, &["delete", "tty"]);
     assert_eq!(code, 0, "{err}");
     assert_nothing_left(&root, "tty");
+}
+
+/// A bundle's config.json edited as JSON.
+fn edit_json(text: &mut String, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+    edit(&mut v);
+    *text = v.to_string();
+}
+
+/// The cgroup `rel` in each v1 hierarchy tender-oci uses.
+fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    ["memory", "cpu", "pids", "devices"].iter().map(|c| Path::new("/sys/fs/cgroup").join(c).join(rel)).collect()
+}
+
+#[test]
+fn resources_rlimits_and_kill_all() {
+    let (dir, root) = direct("oci-limits");
+    let parent = format!("tender-oci-test-{}", std::process::id());
+    let rel = format!("{parent}/limits");
+    let b = bundle(&dir.0, &[(&guest("http"), "/http")], &["/http"], |t| {
+        edit_json(t, |v| {
+            v["linux"]["cgroupsPath"] = format!("/{rel}").into();
+            v["linux"]["resources"]["cpu"] = serde_json::json!({"shares": 512, "quota": 50000, "period": 100000});
+            v["linux"]["resources"]["pids"] = serde_json::json!({"limit": 64});
+            v["linux"]["resources"]["memory"] = serde_json::json!({"limit": 256u64 << 20});
+            v["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
+        })
+    });
+    let pid_file = dir.0.join("pid");
+    let (code, err) = oci_create(&root, b.to_str().unwrap(), "lim", &dir.0.join("console"), Some(&pid_file));
+    assert_eq!(code, 0, "{err}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    // Read back from the created, not yet started, container.
+    let read = |ctl: &str, file: &str| {
+        let path = Path::new("/sys/fs/cgroup").join(ctl).join(&rel).join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+    };
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(read("pids", "pids.max"), "64");
+    assert_eq!(read("memory", "memory.limit_in_bytes"), (256u64 << 20).to_string());
+    assert!(read("pids", "cgroup.procs").lines().any(|l| l == pid.trim()), "the process is in the cgroup");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pid.trim())).unwrap();
+    let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(nofile.split_whitespace().collect::<Vec<_>>()[3..5], ["123", "456"], "{nofile}");
+    // kill --all reaches it; on a stopped container it is no error.
+    let (code, _, err) = oci(&root, &["kill", "--all", "lim", "KILL"]);
+    assert_eq!(code, 0, "{err}");
+    wait_stopped(&root, "lim");
+    let (code, _, err) = oci(&root, &["kill", "--all", "lim", "KILL"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = oci(&root, &["delete", "lim"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(cgroup_dirs(&rel).iter().all(|d| !d.exists()), "the cgroup tender-oci made is removed");
+
+    // A cgroup that was there before create (an engine's) stays after delete.
+    let pre = format!("{parent}/pre");
+    for d in cgroup_dirs(&pre) {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let b = bundle(&dir.0.join("pre"), &[(&guest("hello"), "/hello")], &["/hello"], |t| {
+        edit_json(t, |v| v["linux"]["cgroupsPath"] = format!("/{pre}").into())
+    });
+    let (code, err) = oci_create(&root, b.to_str().unwrap(), "pre", &dir.0.join("console"), None);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = oci(&root, &["delete", "--force", "pre"]);
+    assert_eq!(code, 0, "{err}");
+    let kept = cgroup_dirs(&pre).iter().all(|d| d.exists());
+    for d in cgroup_dirs(&pre).iter().chain(&cgroup_dirs(&parent)) {
+        let _ = std::fs::remove_dir(d);
+    }
+    assert!(kept, "a cgroup tender-oci did not make is not removed");
+
+    // The hierarchy's root as cgroupsPath: one line, nothing left.
+    for path in ["/", ""] {
+        let b = bundle(&dir.0.join(format!("cg{}", path.len())), &[(&guest("hello"), "/hello")], &["/hello"], |t| {
+            edit_json(t, |v| v["linux"]["cgroupsPath"] = path.into())
+        });
+        let (code, _, err) = oci(&root, &["create", "--bundle", b.to_str().unwrap(), "cgroot"]);
+        assert_eq!(code, 1, "{path:?}");
+        assert_one_oci_error(&err, "cgroupsPath");
+        assert_nothing_left(&root, "cgroot");
+    }
+}
+
+#[test]
+fn urunc_packaging_without_args_and_systemd_cgroup() {
+    let (dir, root) = direct("oci-urunc");
+    // urunc's packaging names the unikernel: process.args may be empty.
+    let b = bundle(&dir.0.join("u"), &[(&guest("hello"), "/hello")], &[], |t| {
+        edit_json(t, |v| {
+            v["annotations"] = serde_json::json!({"com.urunc.unikernel.binary": b64("/hello")});
+        })
+    });
+    let b = b.to_str().unwrap();
+    let (code, err) = oci_create(&root, b, "u", &dir.0.join("console"), None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status_of(&root, "u"), "created");
+    let (code, _, err) = oci(&root, &["delete", "--force", "u"]);
+    assert_eq!(code, 0, "{err}");
+    // --systemd-cgroup: refused for a unikernel...
+    let (code, _, err) = oci(&root, &["--systemd-cgroup", "create", "--bundle", b, "sd"]);
+    assert_eq!(code, 1);
+    assert_one_oci_error(&err, "--systemd-cgroup");
+    assert_nothing_left(&root, "sd");
+    // ...and passed to runc with an ordinary container (runc then fails for want of systemd).
+    let plain = bundle(&dir.0.join("p"), &[(busybox(), "/busybox")], &["/busybox", "true"], |_| {});
+    let (_, _, err) = oci(&root, &["--systemd-cgroup", "create", "--bundle", plain.to_str().unwrap(), "sd"]);
+    assert!(!err.contains("tender-oci: --systemd-cgroup"), "runc's answer, not tender-oci's: {err}");
+    let _ = oci(&root, &["delete", "--force", "sd"]);
 }

@@ -50,8 +50,9 @@ pub struct Init {
 /// `ok` or the error.
 pub fn run(init: Init, mut ready: File) -> ! {
     let err = match prepare(&init) {
-        Ok(argv) => {
-            let _ = writeln!(ready, "ok");
+        Ok((argv, uplink)) => {
+            // The uplink's index, for `delete` to remove its filter.
+            let _ = writeln!(ready, "ok {}", uplink.map(|u| u.to_string()).unwrap_or_default());
             drop(ready);
             match wait_and_exec(&init, &argv) {
                 Ok(never) => match never {},
@@ -70,28 +71,43 @@ pub fn run(init: Init, mut ready: File) -> ! {
     unsafe { libc::_exit(1) }
 }
 
-fn prepare(init: &Init) -> Result<Vec<CString>, InitError> {
+/// The tender command, and the index of the uplink that got tc filters.
+fn prepare(init: &Init) -> Result<(Vec<CString>, Option<u32>), InitError> {
     if let Some(t) = &init.terminal {
         console::adopt(t).map_err(InitError::Terminal)?;
     }
     for r in &init.rlimits {
         set_rlimit(r)?;
     }
+    let mut uplink = None;
     let net = match &init.plan.net {
         Some(_) => {
             let prepared = network::prepare()?;
             let ipv4 = prepared.uplink.as_ref().map(|u| (u.addr.clone(), u.gateway.to_string()));
+            uplink = prepared.uplink.as_ref().map(|u| u.index);
             Some(NetLaunch { tap_fd: prepared.tap_fd, mac: prepared.uplink.map(|u| u.mac), ipv4 })
         }
         None => None,
     };
-    check(init, net.as_ref())?;
+    let argv = command(init, net.as_ref());
+    if argv.is_err()
+        && let Some(u) = uplink
+    {
+        // The tap goes with this process; the uplink's filter would stay.
+        network::disconnect(u);
+    }
+    Ok((argv?, uplink))
+}
+
+/// Checks everything and makes tender's command line.
+fn command(init: &Init, net: Option<&NetLaunch>) -> Result<Vec<CString>, InitError> {
+    check(init, net)?;
     let kernel_fd = init.kernel.as_raw_fd();
     let kept = init.keep.iter().map(AsRawFd::as_raw_fd);
-    for fd in std::iter::once(kernel_fd).chain(net.as_ref().map(|n| n.tap_fd)).chain(kept) {
+    for fd in std::iter::once(kernel_fd).chain(net.map(|n| n.tap_fd)).chain(kept) {
         clear_cloexec(fd);
     }
-    let argv = tender_command(&init.tender, &init.plan, kernel_fd, net.as_ref(), &init.chroot);
+    let argv = tender_command(&init.tender, &init.plan, kernel_fd, net, &init.chroot);
     argv.into_iter()
         .map(|a| CString::new(a).map_err(|_| InitError::Check("an argument holds a NUL byte".into())))
         .collect()
