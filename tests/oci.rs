@@ -597,8 +597,21 @@ fn containerd_runs_hello_and_a_pod() {
     in_pod(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
     in_pod(&["link", "set", "eth0", "up"]);
     in_pod(&["route", "add", "default", "via", "10.99.0.1"]);
-    // ...and the unikernel joins it, takes eth0's address and answers from the veth's other end.
+    let ingress = || {
+        let ns = format!("--net=/proc/{pid}/ns/net");
+        let out = Command::new("nsenter").arg(&ns).args(["tc", "filter", "show", "dev", "eth0", "ingress"]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
     let netns = format!("network:/proc/{pid}/ns/net");
+    // A create that fails after the redirects were made (http has no block device for this
+    // mount: the device check in the container's process refuses it) leaves no filter on eth0.
+    let disk = ctd.dir.0.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 << 10]).unwrap();
+    let mount = format!("type=bind,src={},dst=/block/nosuch,options=rbind:rw", disk.display());
+    let (code, _, err) = ctd.run(&["--rm", "--with-ns", &netns, "--mount", &mount], &http, "bad", &[]);
+    assert!(code != 0 && err.contains("nosuch"), "http has no block device: {err}");
+    assert_eq!(ingress(), "", "a failed create left eth0's ingress filter");
+    // ...and the unikernel joins it, takes eth0's address and answers from the veth's other end.
     let (code, _, err) = ctd.run(&["-d", "--with-ns", &netns], &http, "web", &[]);
     assert_eq!(code, 0, "{err}");
     let mut answer = String::new();
@@ -614,11 +627,6 @@ fn containerd_runs_hello_and_a_pod() {
     assert!(answer.ends_with("\n200"), "curl from the veth's other end: {answer:?}");
     // eth0's redirect to the tap is tender-oci's: `delete` removes it from the pod's namespace,
     // which outlives the unikernel.
-    let ingress = || {
-        let ns = format!("--net=/proc/{pid}/ns/net");
-        let out = Command::new("nsenter").arg(&ns).args(["tc", "filter", "show", "dev", "eth0", "ingress"]).output();
-        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
-    };
     assert!(ingress().contains("mirred"), "the redirect while it runs: {}", ingress());
     ctd.remove("web");
     assert_eq!(ingress(), "", "eth0's ingress filter left behind");
