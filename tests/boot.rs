@@ -145,6 +145,10 @@ fn solo5_abi_note_tells_unikernels_from_programs() {
     assert!(tender::elf::has_solo5_abi_note(&std::fs::read(hello()).unwrap()));
     assert!(!tender::elf::has_solo5_abi_note(&std::fs::read(tender_path()).unwrap()));
     assert!(!tender::elf::has_solo5_abi_note(b"#!/bin/sh\n"));
+    // The same answer from a file, reading only headers and notes.
+    let file = |p: &dyn AsRef<std::path::Path>| tender::elf::file_has_solo5_abi_note(&std::fs::File::open(p).unwrap());
+    assert!(file(&hello()));
+    assert!(!file(&tender_path()));
 }
 
 /// Byte-level edits of the real hello ELF.

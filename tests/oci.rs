@@ -130,6 +130,10 @@ fn podman_runs_hello_with_its_exit_statuses() {
     let (code, out, err) = p.run(&oci, &["--rm", "hello-image", "one", "two"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("Hello, world!") && out.contains("cmdline: one two"), "{out}");
+    // With a terminal (`-t`): conmon gets the terminal's master over its console socket.
+    let (code, out, err) = p.run(&oci, &["--rm", "-t", "hello-image", "on", "a", "tty"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Hello, world!\r\n") && out.contains("cmdline: on a tty"), "{out:?}");
     let (code, _, err) = p.run(&oci, &["--rm", "hello-image", "fail", "3"]);
     assert_eq!(code, 3, "{err}");
     let (code, out, _) = p.run(&oci, &["--rm", "hello-image", "panic"]);
@@ -301,6 +305,15 @@ fn bundle(dir: &Path, files: &[(&Path, &str)], args: &[&str], edit: impl FnOnce(
     b
 }
 
+/// For tests of tender-oci's own command line: a temporary directory and a state root in it.
+fn direct(tag: &str) -> (TempDir, PathBuf) {
+    require_root();
+    require_kvm();
+    let dir = TempDir::new(tag);
+    let root = dir.0.join("state");
+    (dir, root)
+}
+
 fn oci(root: &Path, args: &[&str]) -> (i32, String, String) {
     decode(Command::new(tender_oci_path()).arg(format!("--root={}", root.display())).args(args).output().unwrap())
 }
@@ -308,16 +321,26 @@ fn oci(root: &Path, args: &[&str]) -> (i32, String, String) {
 /// `create`, whose container process keeps the stdio it is given (the guest's console): files,
 /// so that waiting for `create` does not wait for the container.
 fn oci_create(root: &Path, bundle: &str, id: &str, console: &Path, pid_file: Option<&Path>) -> (i32, String) {
+    match pid_file {
+        Some(p) => oci_create_with(root, bundle, id, console, &["--pid-file", p.to_str().unwrap()]),
+        None => oci_create_with(root, bundle, id, console, &[]),
+    }
+}
+
+/// `create` with `options` before the id.
+fn oci_create_with(root: &Path, bundle: &str, id: &str, console: &Path, options: &[&str]) -> (i32, String) {
     let out = std::fs::File::create(console).unwrap();
     let err_path = console.with_extension("err");
     let err = std::fs::File::create(&err_path).unwrap();
     let mut c = Command::new(tender_oci_path());
     c.arg(format!("--root={}", root.display())).args(["create", "--bundle", bundle]);
-    if let Some(p) = pid_file {
-        c.args(["--pid-file", p.to_str().unwrap()]);
-    }
-    let status = c.arg(id).stdin(Stdio::null()).stdout(out).stderr(err).status().unwrap();
+    let status = c.args(options).arg(id).stdin(Stdio::null()).stdout(out).stderr(err).status().unwrap();
     (status.code().unwrap_or(-1), std::fs::read_to_string(err_path).unwrap())
+}
+
+/// One line `tender-oci: MESSAGE` holding `want`.
+fn assert_one_oci_error(stderr: &str, want: &str) {
+    assert!(stderr.starts_with("tender-oci: ") && stderr.lines().count() == 1 && stderr.contains(want), "{stderr:?}");
 }
 
 fn status_of(root: &Path, id: &str) -> String {
@@ -327,12 +350,20 @@ fn status_of(root: &Path, id: &str) -> String {
     v["status"].as_str().unwrap().to_string()
 }
 
+/// Waits (boundedly) for container `id` to stop.
+fn wait_stopped(root: &Path, id: &str) {
+    for _ in 0..100 {
+        if status_of(root, id) == "stopped" {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("container {id} did not stop");
+}
+
 #[test]
 fn lifecycle_state_kill_delete() {
-    require_root();
-    require_kvm();
-    let dir = TempDir::new("oci-life");
-    let root = dir.0.join("state");
+    let (dir, root) = direct("oci-life");
     // runc's spec asks for a new, empty network namespace: the tap stays unconnected.
     let b = bundle(&dir.0, &[(&guest("http"), "/http")], &["/http", "--ipv4=10.0.0.2/24"], |_| {});
     let b = b.to_str().unwrap();
@@ -364,13 +395,7 @@ fn lifecycle_state_kill_delete() {
     }
     let (code, _, err) = oci(&root, &["kill", "web", "TERM"]);
     assert_eq!(code, 0, "{err}");
-    for _ in 0..100 {
-        if status_of(&root, "web") == "stopped" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(status_of(&root, "web"), "stopped");
+    wait_stopped(&root, "web");
     let output = std::fs::read_to_string(&console).unwrap();
     assert!(output.contains("http: listening on 10.0.0.2"), "{output}");
     let (code, _, _) = oci(&root, &["kill", "web", "KILL"]);
@@ -391,10 +416,7 @@ fn lifecycle_state_kill_delete() {
 
 #[test]
 fn refusals_are_one_line_and_leave_nothing() {
-    require_root();
-    require_kvm();
-    let dir = TempDir::new("oci-refuse");
-    let root = dir.0.join("state");
+    let (dir, root) = direct("oci-refuse");
     let hello = guest("hello");
     let forbidden = bundle(&dir.0.join("f"), &[(&hello, "/hello")], &["/hello"], |t| {
         *t = t.replacen("\"ociVersion\"", "\"annotations\": {\"com.tender.seccomp\": \"off\"}, \"ociVersion\"", 1)
@@ -436,9 +458,6 @@ fn refusals_are_one_line_and_leave_nothing() {
     let (code, _) = oci_create(&root, outside.to_str().unwrap(), "out", &dir.0.join("console"), None);
     assert_ne!(code, 0, "the host's hello must not be run");
     assert_nothing_left(&root, "out");
-    let (code, _, err) = oci(&root, &["--systemd-cgroup", "state", "x"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("systemd"), "{err}");
 }
 
 /// containerd with its own temporary config, root, state and socket (no CRI plugin), driven
@@ -578,8 +597,21 @@ fn containerd_runs_hello_and_a_pod() {
     in_pod(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
     in_pod(&["link", "set", "eth0", "up"]);
     in_pod(&["route", "add", "default", "via", "10.99.0.1"]);
-    // ...and the unikernel joins it, takes eth0's address and answers from the veth's other end.
+    let ingress = || {
+        let ns = format!("--net=/proc/{pid}/ns/net");
+        let out = Command::new("nsenter").arg(&ns).args(["tc", "filter", "show", "dev", "eth0", "ingress"]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
     let netns = format!("network:/proc/{pid}/ns/net");
+    // A create that fails after the redirects were made (http has no block device for this
+    // mount: the device check in the container's process refuses it) leaves no filter on eth0.
+    let disk = ctd.dir.0.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 << 10]).unwrap();
+    let mount = format!("type=bind,src={},dst=/block/nosuch,options=rbind:rw", disk.display());
+    let (code, _, err) = ctd.run(&["--rm", "--with-ns", &netns, "--mount", &mount], &http, "bad", &[]);
+    assert!(code != 0 && err.contains("nosuch"), "http has no block device: {err}");
+    assert_eq!(ingress(), "", "a failed create left eth0's ingress filter");
+    // ...and the unikernel joins it, takes eth0's address and answers from the veth's other end.
     let (code, _, err) = ctd.run(&["-d", "--with-ns", &netns], &http, "web", &[]);
     assert_eq!(code, 0, "{err}");
     let mut answer = String::new();
@@ -593,6 +625,183 @@ fn containerd_runs_hello_and_a_pod() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(answer.ends_with("\n200"), "curl from the veth's other end: {answer:?}");
+    // eth0's redirect to the tap is tender-oci's: `delete` removes it from the pod's namespace,
+    // which outlives the unikernel.
+    assert!(ingress().contains("mirred"), "the redirect while it runs: {}", ingress());
     ctd.remove("web");
+    assert_eq!(ingress(), "", "eth0's ingress filter left behind");
     ctd.remove("pause");
+}
+
+/// Receives the terminal master `create` sends over the console socket: the fd and the message.
+fn receive_terminal(listener: &std::os::unix::net::UnixListener) -> (std::fs::File, String) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (stream, _) = listener.accept().unwrap();
+    let mut name = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let fd = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("an fd in the message");
+    let len = msg.bytes;
+    // SAFETY: the fd just arrived with SCM_RIGHTS: it is open and nothing else owns it.
+    let master = unsafe { std::fs::File::from_raw_fd(fd) };
+    (master, String::from_utf8_lossy(&name[..len]).into_owned())
+}
+
+#[test]
+fn a_terminal_goes_over_the_console_socket() {
+    let (dir, root) = direct("oci-tty");
+    let b = bundle(&dir.0, &[(&guest("hello"), "/hello")], &["/hello", "on", "a", "tty"], |t| {
+        *t = t.replace("\"terminal\": false", "\"terminal\": true")
+    });
+    let b = b.to_str().unwrap();
+    // Without a socket: one error line, nothing left.
+    let (code, _, err) = oci(&root, &["create", "--bundle", b, "tty"]);
+    assert_eq!(code, 1);
+    assert_one_oci_error(&err, "--console-socket");
+    assert_nothing_left(&root, "tty");
+    let socket = dir.0.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (code, err) =
+        oci_create_with(&root, b, "tty", &dir.0.join("console"), &["--console-socket", socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (master, name) = receive_terminal(&listener);
+    assert!(name.starts_with("/dev/pts/"), "the terminal's name comes with it: {name:?}");
+    let (code, _, err) = oci(&root, &["start", "tty"]);
+    assert_eq!(code, 0, "{err}");
+    // The guest's console comes out of the master; EIO once the last slave (tender) is gone.
+    let mut output = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut &master, &mut output);
+    let output = String::from_utf8_lossy(&output);
+    assert!(output.contains("Hello, world!") && output.contains("cmdline: on a tty"), "{output}");
+    let console = std::fs::read_to_string(dir.0.join("console")).unwrap();
+    assert_eq!(console, "", "nothing on the stdout create was given");
+    wait_stopped(&root, "tty");
+    let (code, _, err) = oci(&root, &["delete", "tty"]);
+    assert_eq!(code, 0, "{err}");
+    assert_nothing_left(&root, "tty");
+}
+
+/// A bundle's config.json edited as JSON.
+fn edit_json(text: &mut String, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+    edit(&mut v);
+    *text = v.to_string();
+}
+
+/// The cgroup `rel` in each v1 hierarchy tender-oci uses.
+fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    ["memory", "cpu", "pids", "devices"].iter().map(|c| Path::new("/sys/fs/cgroup").join(c).join(rel)).collect()
+}
+
+#[test]
+fn resources_rlimits_and_kill_all() {
+    let (dir, root) = direct("oci-limits");
+    let parent = format!("tender-oci-test-{}", std::process::id());
+    let rel = format!("{parent}/limits");
+    let b = bundle(&dir.0, &[(&guest("http"), "/http")], &["/http"], |t| {
+        edit_json(t, |v| {
+            v["linux"]["cgroupsPath"] = format!("/{rel}").into();
+            v["linux"]["resources"]["cpu"] = serde_json::json!({"shares": 512, "quota": 50000, "period": 100000});
+            v["linux"]["resources"]["pids"] = serde_json::json!({"limit": 64});
+            v["linux"]["resources"]["memory"] = serde_json::json!({"limit": 256u64 << 20});
+            v["process"]["rlimits"] = serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
+        })
+    });
+    let pid_file = dir.0.join("pid");
+    let (code, err) = oci_create(&root, b.to_str().unwrap(), "lim", &dir.0.join("console"), Some(&pid_file));
+    assert_eq!(code, 0, "{err}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    // Read back from the created, not yet started, container.
+    let read = |ctl: &str, file: &str| {
+        let path = Path::new("/sys/fs/cgroup").join(ctl).join(&rel).join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+    };
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(read("pids", "pids.max"), "64");
+    assert_eq!(read("memory", "memory.limit_in_bytes"), (256u64 << 20).to_string());
+    assert!(read("pids", "cgroup.procs").lines().any(|l| l == pid.trim()), "the process is in the cgroup");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pid.trim())).unwrap();
+    let nofile = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(nofile.split_whitespace().collect::<Vec<_>>()[3..5], ["123", "456"], "{nofile}");
+    // kill --all reaches it; on a stopped container it is no error.
+    let (code, _, err) = oci(&root, &["kill", "--all", "lim", "KILL"]);
+    assert_eq!(code, 0, "{err}");
+    wait_stopped(&root, "lim");
+    let (code, _, err) = oci(&root, &["kill", "--all", "lim", "KILL"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = oci(&root, &["delete", "lim"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(cgroup_dirs(&rel).iter().all(|d| !d.exists()), "the cgroup tender-oci made is removed");
+
+    // A cgroup that was there before create (an engine's) stays after delete.
+    let pre = format!("{parent}/pre");
+    for d in cgroup_dirs(&pre) {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let b = bundle(&dir.0.join("pre"), &[(&guest("hello"), "/hello")], &["/hello"], |t| {
+        edit_json(t, |v| v["linux"]["cgroupsPath"] = format!("/{pre}").into())
+    });
+    let (code, err) = oci_create(&root, b.to_str().unwrap(), "pre", &dir.0.join("console"), None);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = oci(&root, &["delete", "--force", "pre"]);
+    assert_eq!(code, 0, "{err}");
+    let kept = cgroup_dirs(&pre).iter().all(|d| d.exists());
+    for d in cgroup_dirs(&pre).iter().chain(&cgroup_dirs(&parent)) {
+        let _ = std::fs::remove_dir(d);
+    }
+    assert!(kept, "a cgroup tender-oci did not make is not removed");
+
+    // The hierarchy's root as cgroupsPath: one line, nothing left.
+    for path in ["/", ""] {
+        let b = bundle(&dir.0.join(format!("cg{}", path.len())), &[(&guest("hello"), "/hello")], &["/hello"], |t| {
+            edit_json(t, |v| v["linux"]["cgroupsPath"] = path.into())
+        });
+        let (code, _, err) = oci(&root, &["create", "--bundle", b.to_str().unwrap(), "cgroot"]);
+        assert_eq!(code, 1, "{path:?}");
+        assert_one_oci_error(&err, "cgroupsPath");
+        assert_nothing_left(&root, "cgroot");
+    }
+}
+
+#[test]
+fn urunc_packaging_without_args_and_systemd_cgroup() {
+    let (dir, root) = direct("oci-urunc");
+    // urunc's packaging names the unikernel: process.args may be empty.
+    let b = bundle(&dir.0.join("u"), &[(&guest("hello"), "/hello")], &[], |t| {
+        edit_json(t, |v| {
+            v["annotations"] = serde_json::json!({"com.urunc.unikernel.binary": b64("/hello")});
+        })
+    });
+    let b = b.to_str().unwrap();
+    let (code, err) = oci_create(&root, b, "u", &dir.0.join("console"), None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status_of(&root, "u"), "created");
+    let (code, _, err) = oci(&root, &["delete", "--force", "u"]);
+    assert_eq!(code, 0, "{err}");
+    // --systemd-cgroup: refused for a unikernel...
+    let (code, _, err) = oci(&root, &["--systemd-cgroup", "create", "--bundle", b, "sd"]);
+    assert_eq!(code, 1);
+    assert_one_oci_error(&err, "--systemd-cgroup");
+    assert_nothing_left(&root, "sd");
+    // ...and passed to runc with an ordinary container (runc then fails for want of systemd).
+    let plain = bundle(&dir.0.join("p"), &[(busybox(), "/busybox")], &["/busybox", "true"], |_| {});
+    let (_, _, err) = oci(&root, &["--systemd-cgroup", "create", "--bundle", plain.to_str().unwrap(), "sd"]);
+    assert!(!err.contains("tender-oci: --systemd-cgroup"), "runc's answer, not tender-oci's: {err}");
+    let _ = oci(&root, &["delete", "--force", "sd"]);
 }

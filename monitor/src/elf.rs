@@ -5,6 +5,7 @@
 
 use goblin::container::{Container, Ctx, Endian};
 use goblin::elf::header::{EI_CLASS, EI_DATA, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_EXEC, Header};
+use std::borrow::Cow;
 use std::path::Path;
 
 use goblin::elf::program_header::{PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE, ProgramHeader};
@@ -20,6 +21,8 @@ const PAGE_SIZE: u64 = 0x1000;
 const MAX_KERNEL_FILE: u64 = guest_abi::MEM_MAX;
 /// Smallest note a PT_NOTE may hold without the executable being rejected (an Elf64_Nhdr).
 const NOTE_NHDR_SIZE: u64 = 12;
+/// An Elf64_Ehdr.
+const ELF64_HEADER_SIZE: u64 = 64;
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ElfError {
@@ -114,7 +117,7 @@ impl Kernel {
         check_abi_note(image, &phdrs)?;
         let manifest_bytes = find_note(image, &phdrs, NOTE_TYPE_MANIFEST, NOTE_MANIFEST_MAX_DESC, NOTE_MANIFEST_PAD)?
             .ok_or(ElfError::NoManifest)?;
-        let manifest = Manifest::parse(manifest_bytes)?;
+        let manifest = Manifest::parse(&manifest_bytes)?;
         let segments = check_segments(image, &phdrs, mem_size)?;
         if header.e_entry < GUEST_MIN_BASE || header.e_entry >= mem_size {
             return Err(ElfError::Invalid("entry point outside guest memory"));
@@ -128,12 +131,47 @@ impl Kernel {
 /// any target or version. A container runtime uses this to tell unikernels from ordinary
 /// programs; [`Kernel::parse`] then validates a unikernel fully.
 pub fn has_solo5_abi_note(image: &[u8]) -> bool {
-    let Ok(header) = goblin::elf::Elf::parse_header(image) else { return false };
+    abi_note_in(image)
+}
+
+/// [`has_solo5_abi_note`] for a file, reading only its ELF header, program headers and notes
+/// (a few KiB), never the whole file: a runtime asks this of every container's program.
+pub fn file_has_solo5_abi_note(file: &std::fs::File) -> bool {
+    abi_note_in(file)
+}
+
+fn abi_note_in<B: ElfBytes + ?Sized>(bytes: &B) -> bool {
+    let Some(head) = bytes.range(0, ELF64_HEADER_SIZE) else { return false };
+    let Ok(header) = goblin::elf::Elf::parse_header(&head) else { return false };
     if header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_ident[EI_DATA] != ELFDATA2LSB || header.e_phentsize != 56 {
         return false;
     }
-    let Ok(phdrs) = program_headers(image, &header) else { return false };
-    matches!(find_note(image, &phdrs, NOTE_TYPE_ABI, NOTE_ABI_MAX_DESC, 0), Ok(Some(_)))
+    let table_len = u64::from(header.e_phnum) * u64::from(header.e_phentsize);
+    let Some(table) = bytes.range(header.e_phoff, table_len) else { return false };
+    let ctx = Ctx::new(Container::Big, Endian::Little);
+    let Ok(phdrs) = ProgramHeader::parse(&table, 0, usize::from(header.e_phnum), ctx) else { return false };
+    matches!(find_note(bytes, &phdrs, NOTE_TYPE_ABI, NOTE_ABI_MAX_DESC, 0), Ok(Some(_)))
+}
+
+/// Where an ELF's bytes come from: an image in memory, or a file read piece by piece (callers
+/// ask only for bounded ranges: headers and notes).
+trait ElfBytes {
+    /// The bytes `[offset, offset + len)`, or None if they are not all inside.
+    fn range(&self, offset: u64, len: u64) -> Option<Cow<'_, [u8]>>;
+}
+
+impl ElfBytes for [u8] {
+    fn range(&self, offset: u64, len: u64) -> Option<Cow<'_, [u8]>> {
+        file_range(self, offset, len).map(Cow::Borrowed)
+    }
+}
+
+impl ElfBytes for std::fs::File {
+    fn range(&self, offset: u64, len: u64) -> Option<Cow<'_, [u8]>> {
+        let mut buf = vec![0; usize::try_from(len).ok()?];
+        std::os::unix::fs::FileExt::read_exact_at(self, &mut buf, offset).ok()?;
+        Some(Cow::Owned(buf))
+    }
 }
 
 fn check_header(image: &[u8]) -> Result<Header, ElfError> {
@@ -177,13 +215,13 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// Finds the Solo5 note of type `note_type`: the first note of some PT_NOTE segment. Returns its
 /// payload, which starts `pad` bytes after the 20-byte header.
-fn find_note<'a>(
-    image: &'a [u8],
+fn find_note<'a, B: ElfBytes + ?Sized>(
+    image: &'a B,
     phdrs: &[ProgramHeader],
     note_type: u32,
     max_desc: u32,
     pad: usize,
-) -> Result<Option<&'a [u8]>, ElfError> {
+) -> Result<Option<Cow<'a, [u8]>>, ElfError> {
     for ph in phdrs.iter().filter(|p| p.p_type == PT_NOTE) {
         if ph.p_filesz < NOTE_NHDR_SIZE {
             return Err(ElfError::Invalid("PT_NOTE smaller than a note header"));
@@ -191,10 +229,10 @@ fn find_note<'a>(
         if ph.p_filesz < NOTE_HEADER_SIZE as u64 {
             continue;
         }
-        let Some(head) = file_range(image, ph.p_offset, NOTE_HEADER_SIZE as u64) else {
+        let Some(head) = image.range(ph.p_offset, NOTE_HEADER_SIZE as u64) else {
             return Err(ElfError::Invalid("PT_NOTE outside the file"));
         };
-        let (namesz, descsz, ntype) = (u32_at(head, 0), u32_at(head, 4), u32_at(head, 8));
+        let (namesz, descsz, ntype) = (u32_at(&head, 0), u32_at(&head, 4), u32_at(&head, 8));
         if namesz as usize != NOTE_NAME.len() || head[12..18] != NOTE_NAME || ntype != note_type {
             continue;
         }
@@ -205,7 +243,7 @@ fn find_note<'a>(
         let Some(payload_len) = (descsz as usize).checked_sub(pad) else {
             return Err(ElfError::NoteSize);
         };
-        let Some(payload) = file_range(image, ph.p_offset + (NOTE_HEADER_SIZE + pad) as u64, payload_len as u64) else {
+        let Some(payload) = image.range(ph.p_offset + (NOTE_HEADER_SIZE + pad) as u64, payload_len as u64) else {
             return Err(ElfError::NoteSize);
         };
         return Ok(Some(payload));
@@ -218,7 +256,7 @@ fn check_abi_note(image: &[u8], phdrs: &[ProgramHeader]) -> Result<(), ElfError>
     if abi.len() < 8 {
         return Err(ElfError::NoteSize);
     }
-    let (target, version) = (u32_at(abi, 0), u32_at(abi, 4));
+    let (target, version) = (u32_at(&abi, 0), u32_at(&abi, 4));
     if target != ABI_TARGET_HVT {
         return Err(ElfError::WrongTarget(target));
     }

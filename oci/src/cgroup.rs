@@ -23,6 +23,8 @@ pub enum CgroupError {
     Systemd(String),
     #[error("cgroupsPath {0:?} must be an absolute path without '..'")]
     BadPath(String),
+    #[error("cgroupsPath {0:?} names the hierarchy's root: give the container a cgroup of its own")]
+    Root(String),
     #[error("cgroup {path}: {err}")]
     Io { path: String, err: std::io::Error },
 }
@@ -45,17 +47,28 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
     std::fs::write(&path, value).map_err(|err| CgroupError::Io { path: path.display().to_string(), err })
 }
 
-/// Makes the cgroup and applies `resources`; returns its path, relative to each hierarchy.
+/// The container's cgroup.
+pub struct Cgroup {
+    /// Relative to each hierarchy.
+    pub path: String,
+    /// Whether it was made here: one that was there before (an engine's) is not removed.
+    pub made: bool,
+}
+
+/// Makes the cgroup (or takes the one that is there) and applies `resources`.
 pub fn create(
     id: &str,
     path: Option<&Path>,
     resources: Option<&LinuxResources>,
-) -> Result<Option<String>, CgroupError> {
+) -> Result<Option<Cgroup>, CgroupError> {
     let rel = match path {
         Some(p) => {
             let s = p.display().to_string();
             if !s.starts_with('/') && s.contains(':') {
                 return Err(CgroupError::Systemd(s));
+            }
+            if s.trim_start_matches('/').is_empty() {
+                return Err(CgroupError::Root(s));
             }
             if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
                 return Err(CgroupError::BadPath(s));
@@ -69,14 +82,22 @@ pub fn create(
         // No cgroupfs to manage (a bare container host): nothing to make or to remove.
         return Ok(None);
     }
+    let made = !dirs(&rel).iter().any(|d| d.exists());
     for d in dirs(&rel) {
-        std::fs::create_dir_all(&d).map_err(|err| CgroupError::Io { path: d.display().to_string(), err })?;
+        if let Err(err) = std::fs::create_dir_all(&d) {
+            if made {
+                remove(&rel);
+            }
+            return Err(CgroupError::Io { path: d.display().to_string(), err });
+        }
     }
     if let Err(e) = apply(&rel, resources) {
-        remove(&rel);
+        if made {
+            remove(&rel);
+        }
         return Err(e);
     }
-    Ok(Some(rel))
+    Ok(Some(Cgroup { path: rel, made }))
 }
 
 fn apply(rel: &str, resources: Option<&LinuxResources>) -> Result<(), CgroupError> {
@@ -141,6 +162,13 @@ pub fn join(rel: &str) -> Result<(), CgroupError> {
         write(&d, "cgroup.procs", "0")?;
     }
     Ok(())
+}
+
+/// The processes in the cgroup (of its first hierarchy; every hierarchy holds the same ones).
+pub fn procs(rel: &str) -> Vec<i32> {
+    let Some(dir) = dirs(rel).into_iter().next() else { return Vec::new() };
+    let text = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 /// Removes the cgroup (its processes have ended). Best effort: a missing one is fine.

@@ -16,7 +16,7 @@ use crate::init::{self, Init};
 use crate::plan::{PlanError, plan};
 use crate::state::{Owner, Record, Root, StateError, start_time};
 use crate::urunc::{self, Urunc};
-use crate::{cgroup, passthrough};
+use crate::{cgroup, console, passthrough};
 
 /// urunc's packaging file in the rootfs.
 const URUNC_JSON: &str = "/urunc.json";
@@ -41,10 +41,12 @@ pub enum CreateError {
     Urunc(#[from] urunc::UruncError),
     #[error("urunc block {0}: not a file in the rootfs, or the unikernel has not exactly one block device")]
     UruncBlock(String),
-    #[error("process.terminal needs --console-socket")]
+    #[error("--systemd-cgroup: unikernel containers get cgroupfs cgroups only (no systemd here)")]
+    Systemd,
+    #[error("process.terminal is set but no --console-socket was given")]
     NoConsoleSocket,
-    #[error("a terminal (process.terminal) is not supported for unikernel containers yet")]
-    Terminal,
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
     #[error("{step}: {err}")]
     Sys { step: &'static str, err: nix::Error },
     #[error("{step}: {err}")]
@@ -59,6 +61,8 @@ pub struct CreateArgs<'a> {
     pub bundle: &'a Path,
     pub pid_file: Option<&'a Path>,
     pub console_socket: Option<&'a Path>,
+    /// `--systemd-cgroup`: passed to runc for its containers, refused for a unikernel.
+    pub systemd_cgroup: bool,
     /// The whole command line, for runc.
     pub raw: &'a [String],
 }
@@ -89,11 +93,14 @@ pub fn create(a: &CreateArgs) -> Result<i32, CreateError> {
         None => None,
     };
     let Some(unikernel) = found else { return pass_through(a, &spec, &bundle) };
+    if a.systemd_cgroup {
+        return Err(CreateError::Systemd);
+    }
     let dir = a.root.create_dir(a.id)?;
     let result = create_unikernel(a, &spec, &bundle, &dir, unikernel, urunc.map(|u| (u, rootfs)));
     if result.is_err() {
         if let Ok(r) = a.root.load(a.id)
-            && let Some(cg) = &r.cgroup
+            && let Some(cg) = r.made_cgroup()
         {
             cgroup::remove(cg);
         }
@@ -122,31 +129,30 @@ fn create_unikernel(
     urunc: Option<(Urunc, PathBuf)>,
 ) -> Result<(), CreateError> {
     let process = spec.process().as_ref();
-    if process.and_then(|p| p.terminal()).unwrap_or(false) {
-        return Err(if a.console_socket.is_some() { CreateError::Terminal } else { CreateError::NoConsoleSocket });
-    }
-    let kernel_path = process.and_then(|p| p.args().as_ref()).and_then(|a| a.first()).cloned().unwrap_or_default();
+    let console_socket = match (process.and_then(|p| p.terminal()).unwrap_or(false), a.console_socket) {
+        (false, _) => None,
+        (true, None) => return Err(CreateError::NoConsoleSocket),
+        (true, Some(s)) => Some(s),
+    };
+    let args_kernel = process.and_then(|p| p.args().as_ref()).and_then(|a| a.first());
+    let kernel_path = urunc.as_ref().map(|(u, _)| &u.binary).or(args_kernel).cloned().unwrap_or_default();
     // The manifest's net devices decide the network; the full check, with this memory size,
     // runs in the container's process on the very fds tender gets.
     let manifest = tender::elf::Kernel::parse(&uk.image, guest_abi::MEM_MAX)
         .map_err(|e| CreateError::Kernel(kernel_path.clone(), e))?
         .manifest;
     let nets: Vec<String> = manifest.devices(tender::manifest::DeviceKind::Net).map(|(_, n)| n).collect();
-    let mut plan = plan(spec, &nets)?;
+    let mut plan = plan(spec, &nets, urunc.as_ref().map(|(u, _)| u))?;
     let mut keep = Vec::new();
-    if let Some((u, rootfs)) = urunc {
-        plan.kernel = u.binary;
-        plan.guest_args = u.cmdline;
-        if let Some(block) = u.block {
-            let blocks: Vec<String> = manifest.devices(tender::manifest::DeviceKind::Block).map(|(_, n)| n).collect();
-            let (Some(file), [name]) = (detect::open_in_root(&rootfs, &block)?, blocks.as_slice()) else {
-                return Err(CreateError::UruncBlock(block));
-            };
-            // tender opens the very file checked inside the rootfs, through the fd kept open.
-            let path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
-            plan.blocks.push(crate::plan::Block { name: name.clone(), path, sector_size: None });
-            keep.push(file);
-        }
+    if let Some((Urunc { block: Some(block), .. }, rootfs)) = urunc {
+        let blocks: Vec<String> = manifest.devices(tender::manifest::DeviceKind::Block).map(|(_, n)| n).collect();
+        let (Some(file), [name]) = (detect::open_in_root(&rootfs, &block)?, blocks.as_slice()) else {
+            return Err(CreateError::UruncBlock(block));
+        };
+        // tender opens the very file checked inside the rootfs, through the fd kept open.
+        let path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
+        plan.blocks.push(crate::plan::Block { name: name.clone(), path, sector_size: None });
+        keep.push(file);
     }
 
     let mut record = Record::new(a.id, Owner::Tender, bundle, spec.annotations().clone().unwrap_or_default());
@@ -164,17 +170,19 @@ fn create_unikernel(
         linux.and_then(|l| l.cgroups_path().as_deref()),
         linux.and_then(|l| l.resources().as_ref()),
     )? {
-        record.cgroup = Some(cg);
+        record.cgroup = Some(cg.path);
+        record.cgroup_made = cg.made;
     }
     if let Err(e) = a.root.save(&record) {
         // The caller's clean-up finds the cgroup through the saved record, which is not there.
-        if let Some(cg) = &record.cgroup {
+        if let Some(cg) = record.made_cgroup() {
             cgroup::remove(cg);
         }
         return Err(e.into());
     }
 
     let tender = tender_binary()?;
+    let terminal = console_socket.map(console::open).transpose()?;
     let init = Init {
         plan,
         kernel: uk.file,
@@ -184,9 +192,16 @@ fn create_unikernel(
         chroot,
         fifo,
         keep,
+        terminal,
     };
     let namespaces = linux.and_then(|l| l.namespaces().clone()).unwrap_or_default();
-    let pid = spawn(init, &namespaces, record.cgroup.as_deref())?;
+    let (pid, uplink) = spawn(init, &namespaces, record.cgroup.as_deref())?;
+    // A network namespace the container joined outlives it: `delete` removes the uplink's filter.
+    let netns = namespaces.iter().find(|n| n.typ() == LinuxNamespaceType::Network).and_then(|n| n.path().clone());
+    if let (Some(ns), Some(u)) = (netns, uplink) {
+        record.netns = Some(ns);
+        record.uplink = Some(u);
+    }
     let recorded = (|| {
         record.pid = pid;
         record.start_time = start_time(pid).ok_or_else(|| CreateError::Init("the container process died".into()))?;
@@ -200,6 +215,9 @@ fn create_unikernel(
         // Nothing will start or delete it: end the waiting process (and with it the tap and the
         // kernel fd) before the caller removes its cgroup and state.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        if let (Some(ns), Some(u)) = (&record.netns, record.uplink) {
+            crate::network::disconnect_in(ns, u);
+        }
     }
     recorded
 }
@@ -217,12 +235,13 @@ fn tender_binary() -> Result<PathBuf, CreateError> {
 
 /// Forks the container's process in its namespaces: a first child joins or makes them, and
 /// forks the process itself (so that a new pid namespace has it as pid 1), reports its pid and
-/// exits. Returns the pid once the process has said it is ready, or its error.
+/// exits. Returns the pid once the process has said it is ready (with the index of the uplink
+/// it connected, if any), or its error.
 fn spawn(
     init: Init,
     namespaces: &[oci_spec::runtime::LinuxNamespace],
     cgroup: Option<&str>,
-) -> Result<i32, CreateError> {
+) -> Result<(i32, Option<u32>), CreateError> {
     let sys = |step| move |err| CreateError::Sys { step, err };
     // Open every namespace path before forking, so a bad path is an error here.
     let mut joins = Vec::new();
@@ -287,8 +306,8 @@ fn spawn(
                 return Err(CreateError::Init(msg.into()));
             };
             let second = lines.next().and_then(Result::ok).unwrap_or_default();
-            if second == "ok" {
-                return Ok(pid);
+            if let Some(uplink) = second.strip_prefix("ok ") {
+                return Ok((pid, uplink.parse().ok()));
             }
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             let msg = if second.is_empty() { "the container process died before it was ready".into() } else { second };

@@ -7,15 +7,12 @@ use std::path::Path;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
 
-/// Largest file read to look for the note: a unikernel must fit in guest memory anyway.
-const MAX_FILE: u64 = guest_abi::MEM_MAX;
-
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
     #[error("cannot open the rootfs {path}: {err}")]
     Rootfs { path: String, err: nix::Error },
     #[error("cannot read {path} in the rootfs: {err}")]
-    Read { path: String, err: std::io::Error },
+    Read { path: String, err: tender::elf::ElfError },
 }
 
 /// A unikernel found in a rootfs: the open file (what tender will run) and its bytes.
@@ -42,18 +39,13 @@ pub fn open_in_root(rootfs: &Path, path: &str) -> Result<Option<File>, DetectErr
     }
 }
 
-/// Reads `file` and keeps it when it is a Solo5 unikernel.
+/// Keeps `file` when it is a Solo5 unikernel: only its headers and notes are read to decide,
+/// then a unikernel is read whole by tender's own reader, through the open fd.
 pub fn unikernel(file: File, path: &str) -> Result<Option<Unikernel>, DetectError> {
-    let read_err = |err| DetectError::Read { path: path.into(), err };
-    let len = file.metadata().map_err(read_err)?.len();
-    let mut magic = [0u8; 4];
-    if !(64..=MAX_FILE).contains(&len) || std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_err() {
+    if !tender::elf::file_has_solo5_abi_note(&file) {
         return Ok(None);
     }
-    if magic != *b"\x7fELF" {
-        return Ok(None);
-    }
-    let mut image = vec![0; len as usize];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut image, 0).map_err(read_err)?;
-    Ok(tender::elf::has_solo5_abi_note(&image).then_some(Unikernel { file, image }))
+    let fd = std::path::PathBuf::from(format!("@{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
+    let image = tender::elf::read_image(&fd).map_err(|err| DetectError::Read { path: path.into(), err })?;
+    Ok(Some(Unikernel { file, image }))
 }

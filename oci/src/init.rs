@@ -12,11 +12,13 @@ use oci_spec::runtime::PosixRlimit;
 use tender::config::{BlockSpec, Config, NetSpec};
 use tender::devices::net::TapSource;
 
-use crate::network;
 use crate::plan::{NetLaunch, Plan, tender_command};
+use crate::{console, network};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
+    #[error("terminal: {0}")]
+    Terminal(nix::Error),
     #[error("rlimit {0}: {1}")]
     Rlimit(String, nix::Error),
     #[error(transparent)]
@@ -40,14 +42,17 @@ pub struct Init {
     pub fifo: PathBuf,
     /// Files tender reaches as `/proc/self/fd/N` (a urunc block image in the rootfs).
     pub keep: Vec<File>,
+    /// The slave of the terminal whose master went to the engine (`process.terminal`).
+    pub terminal: Option<OwnedFd>,
 }
 
 /// Runs in the container's process; never returns. `ready` is the pipe to `create`: one line,
 /// `ok` or the error.
 pub fn run(init: Init, mut ready: File) -> ! {
     let err = match prepare(&init) {
-        Ok(argv) => {
-            let _ = writeln!(ready, "ok");
+        Ok((argv, uplink)) => {
+            // The uplink's index, for `delete` to remove its filter.
+            let _ = writeln!(ready, "ok {}", uplink.map(|u| u.to_string()).unwrap_or_default());
             drop(ready);
             match wait_and_exec(&init, &argv) {
                 Ok(never) => match never {},
@@ -66,25 +71,43 @@ pub fn run(init: Init, mut ready: File) -> ! {
     unsafe { libc::_exit(1) }
 }
 
-fn prepare(init: &Init) -> Result<Vec<CString>, InitError> {
+/// The tender command, and the index of the uplink that got tc filters.
+fn prepare(init: &Init) -> Result<(Vec<CString>, Option<u32>), InitError> {
+    if let Some(t) = &init.terminal {
+        console::adopt(t).map_err(InitError::Terminal)?;
+    }
     for r in &init.rlimits {
         set_rlimit(r)?;
     }
+    let mut uplink = None;
     let net = match &init.plan.net {
         Some(_) => {
             let prepared = network::prepare()?;
             let ipv4 = prepared.uplink.as_ref().map(|u| (u.addr.clone(), u.gateway.to_string()));
+            uplink = prepared.uplink.as_ref().map(|u| u.index);
             Some(NetLaunch { tap_fd: prepared.tap_fd, mac: prepared.uplink.map(|u| u.mac), ipv4 })
         }
         None => None,
     };
-    check(init, net.as_ref())?;
+    let argv = command(init, net.as_ref());
+    if argv.is_err()
+        && let Some(u) = uplink
+    {
+        // The tap goes with this process; the uplink's filter would stay.
+        network::disconnect(u);
+    }
+    Ok((argv?, uplink))
+}
+
+/// Checks everything and makes tender's command line.
+fn command(init: &Init, net: Option<&NetLaunch>) -> Result<Vec<CString>, InitError> {
+    check(init, net)?;
     let kernel_fd = init.kernel.as_raw_fd();
     let kept = init.keep.iter().map(AsRawFd::as_raw_fd);
-    for fd in std::iter::once(kernel_fd).chain(net.as_ref().map(|n| n.tap_fd)).chain(kept) {
+    for fd in std::iter::once(kernel_fd).chain(net.map(|n| n.tap_fd)).chain(kept) {
         clear_cloexec(fd);
     }
-    let argv = tender_command(&init.tender, &init.plan, kernel_fd, net.as_ref(), &init.chroot);
+    let argv = tender_command(&init.tender, &init.plan, kernel_fd, net, &init.chroot);
     argv.into_iter()
         .map(|a| CString::new(a).map_err(|_| InitError::Check("an argument holds a NUL byte".into())))
         .collect()

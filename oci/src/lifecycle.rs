@@ -72,11 +72,20 @@ pub fn parse_signal(s: &str) -> Result<Signal, LifecycleError> {
     name.parse::<Signal>().map_err(|_| bad())
 }
 
-pub fn signal(record: &Record, sig: Signal) -> Result<(), LifecycleError> {
+/// Signals the container's process; with `all`, every process in its cgroup too, and a stopped
+/// container is then no error (there is nothing left to signal), as with runc.
+pub fn signal(record: &Record, sig: Signal, all: bool) -> Result<(), LifecycleError> {
     if !record.status().can_kill() {
-        return Err(LifecycleError::NotRunning(record.id.clone()));
+        return if all { Ok(()) } else { Err(LifecycleError::NotRunning(record.id.clone())) };
     }
-    kill(Pid::from_raw(record.pid), sig).map_err(|err| LifecycleError::Kill { id: record.id.clone(), err })
+    kill(Pid::from_raw(record.pid), sig).map_err(|err| LifecycleError::Kill { id: record.id.clone(), err })?;
+    if all && let Some(cg) = &record.cgroup {
+        for pid in cgroup::procs(cg).into_iter().filter(|p| *p != record.pid) {
+            // One may have ended meanwhile.
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+    Ok(())
 }
 
 pub fn delete(root: &Root, record: &Record, force: bool) -> Result<(), LifecycleError> {
@@ -94,10 +103,14 @@ pub fn delete(root: &Root, record: &Record, force: bool) -> Result<(), Lifecycle
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    if let Some(cg) = &record.cgroup {
+    if let Some(cg) = record.made_cgroup() {
         cgroup::remove(cg);
     }
     root.remove(&record.id)?;
+    // Last: this moves the process into the pod's network namespace.
+    if let (Some(ns), Some(u)) = (&record.netns, record.uplink) {
+        crate::network::disconnect_in(ns, u);
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! other container goes to runc. Each command maps to one call in the modules below.
 
 mod cgroup;
+mod console;
 mod create;
 mod detect;
 mod init;
@@ -52,8 +53,6 @@ enum Cmd {
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
-    #[error("--systemd-cgroup: there is no systemd here; tender-oci manages cgroupfs only")]
-    Systemd,
     #[error("{0} is not supported by tender-oci")]
     Command(&'static str),
     #[error(transparent)]
@@ -107,9 +106,6 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: Opts, raw: &[String]) -> Result<i32, Error> {
-    if opts.global.systemd_cgroup {
-        return Err(Error::Systemd);
-    }
     let root = Root(opts.global.root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)));
     let id = match &opts.cmd {
         Cmd::Standard(c) => match c.as_ref() {
@@ -120,6 +116,7 @@ fn run(opts: Opts, raw: &[String]) -> Result<i32, Error> {
                     bundle: &c.bundle,
                     pid_file: c.pid_file.as_deref(),
                     console_socket: c.console_socket.as_deref(),
+                    systemd_cgroup: opts.global.systemd_cgroup,
                     raw,
                 };
                 return Ok(create::create(&args)?);
@@ -160,7 +157,7 @@ fn run(opts: Opts, raw: &[String]) -> Result<i32, Error> {
             StandardCmd::State(_) => {
                 println!("{:#}", record.oci_state());
             }
-            StandardCmd::Kill(k) => lifecycle::signal(&record, lifecycle::parse_signal(&k.signal)?)?,
+            StandardCmd::Kill(k) => lifecycle::signal(&record, lifecycle::parse_signal(&k.signal)?, k.all)?,
             StandardCmd::Delete(d) => lifecycle::delete(&root, &record, d.force)?,
             StandardCmd::Create(_) => unreachable!("handled above"),
         },

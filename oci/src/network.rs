@@ -69,8 +69,37 @@ async fn connect() -> Result<Option<Uplink>, NetworkError> {
     handle.link().set(tap.build()).execute().await?;
     let Some(u) = &uplink else { return Ok(None) };
     redirect(&handle, u.index, tap_index).await?;
-    redirect(&handle, tap_index, u.index).await?;
+    if let Err(e) = redirect(&handle, tap_index, u.index).await {
+        unredirect(&handle, u.index).await;
+        return Err(e);
+    }
     Ok(uplink)
+}
+
+/// Removes the uplink's ingress qdisc, and with it the redirect filter under it, in the current
+/// network namespace. Best effort: the interface may be gone with its namespace.
+pub fn disconnect(uplink: u32) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_io().build() else { return };
+    runtime.block_on(async {
+        let Ok((connection, handle, _)) = rtnetlink::new_connection() else { return };
+        tokio::spawn(connection);
+        unredirect(&handle, uplink).await;
+    });
+}
+
+/// [`disconnect`] inside the network namespace at `netns` (a pod's, which outlives the
+/// container). This process moves into that namespace: call it last.
+pub fn disconnect_in(netns: &std::path::Path, uplink: u32) {
+    let Ok(ns) = std::fs::File::open(netns) else { return };
+    if nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).is_ok() {
+        disconnect(uplink);
+    }
+}
+
+async fn unredirect(handle: &Handle, index: u32) {
+    let mut del = handle.qdisc().del(index as i32);
+    del.message_mut().header.parent = TcHandle::INGRESS;
+    let _ = del.execute().await;
 }
 
 async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetworkError> {
@@ -136,9 +165,7 @@ async fn find_uplink(handle: &Handle) -> Result<Option<Uplink>, NetworkError> {
 /// action is a mirred egress redirect.
 async fn redirect(handle: &Handle, from: u32, to: u32) -> Result<(), NetworkError> {
     let index = from as i32;
-    let mut stale = handle.qdisc().del(index);
-    stale.message_mut().header.parent = TcHandle::INGRESS;
-    let _ = stale.execute().await;
+    unredirect(handle, from).await;
     handle.qdisc().add(index).ingress().execute().await?;
     handle
         .traffic_filter(index)

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+use crate::urunc::Urunc;
+
 /// Memory the container's limit keeps for tender itself (its code, page tables, the ring's 2 MiB
 /// and the I/O thread), in MiB: the guest gets the limit less this.
 pub const MEM_MARGIN_MIB: u64 = 32;
@@ -72,11 +74,16 @@ pub struct NetLaunch {
     pub ipv4: Option<(String, String)>,
 }
 
-/// Reads the parts of `spec` tender needs. `net_devices`: the manifest's net devices.
-pub fn plan(spec: &Spec, net_devices: &[String]) -> Result<Plan, PlanError> {
+/// Reads the parts of `spec` tender needs. `net_devices`: the manifest's net devices. urunc's
+/// packaging, when there is one, names the kernel and the guest's command line instead of
+/// `process.args` (which may then be empty).
+pub fn plan(spec: &Spec, net_devices: &[String], urunc: Option<&Urunc>) -> Result<Plan, PlanError> {
     let process = spec.process().as_ref();
     let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
-    let (kernel, guest_args) = args.split_first().ok_or(PlanError::NoArgs)?;
+    let (kernel, guest_args) = match urunc {
+        Some(u) => (&u.binary, u.cmdline.as_slice()),
+        None => args.split_first().ok_or(PlanError::NoArgs)?,
+    };
     let empty = HashMap::new();
     let annotations = spec.annotations().as_ref().unwrap_or(&empty);
     check_annotations(annotations)?;
@@ -157,11 +164,17 @@ fn mem_mib(limit: Option<i64>, annotation: Option<&str>) -> Result<u64, PlanErro
         None => None,
     };
     let Some(value) = annotation else { return Ok(avail.unwrap_or(guest_abi::MEM_DEFAULT_MIB)) };
-    let bad = |reason| PlanError::BadAnnotation { key: "com.tender.mem".into(), value: value.into(), reason };
-    let mem = value.parse::<u64>().map_err(|_| bad("not a number of MiB"))?;
-    if !(2..=max).contains(&mem) || mem % 2 != 0 {
-        return Err(bad("not an even number of MiB from 2 to 4096"));
+    let bad = || PlanError::BadAnnotation {
+        key: "com.tender.mem".into(),
+        value: value.into(),
+        reason: "not an even number of MiB from 2 to 4096",
+    };
+    // tender's own `--mem` parser; a value it would round is refused rather than changed.
+    let (bytes, rounded) = tender::config::parse_mem_mib(value).map_err(|_| bad())?;
+    if rounded {
+        return Err(bad());
     }
+    let mem = bytes >> 20;
     match avail {
         Some(avail) if mem > avail => Err(PlanError::MemOverLimit { mem, avail }),
         _ => Ok(mem),
@@ -196,8 +209,7 @@ pub fn tender_command(
     if let (Some(name), Some(net)) = (&plan.net, net) {
         cmd.push(format!("--net:{name}=@{}", net.tap_fd));
         if let Some(m) = net.mac {
-            let mac = m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-            cmd.push(format!("--net-mac:{name}={mac}"));
+            cmd.push(format!("--net-mac:{name}={}", tender::devices::net::format_mac(&m)));
         }
     }
     cmd.push(format!("@{kernel_fd}"));
@@ -225,7 +237,7 @@ mod tests {
 
     #[test]
     fn defaults_and_the_command_line() {
-        let p = plan(&base(""), &["service".into()]).unwrap();
+        let p = plan(&base(""), &["service".into()], None).unwrap();
         assert_eq!((p.kernel.as_str(), p.guest_args.as_slice(), p.mem_mib), ("/http", &["--x".to_string()][..], 512));
         assert_eq!((p.uid, p.gid, p.net.as_deref()), (1000, 100, Some("service")));
         let net = NetLaunch {
@@ -253,17 +265,20 @@ mod tests {
     #[test]
     fn memory_from_the_limit_and_annotation() {
         let limit = |l: i64| format!(r#","linux":{{"resources":{{"memory":{{"limit":{l}}}}}}}"#);
-        assert_eq!(plan(&base(&limit(256 << 20)), &[]).unwrap().mem_mib, 224);
-        assert_eq!(plan(&base(&limit(65 << 20)), &[]).unwrap().mem_mib, 32, "rounded down to 2 MiB");
-        assert_eq!(plan(&base(&limit(16 << 40)), &[]).unwrap().mem_mib, 4096, "at most 4 GiB");
-        assert_eq!(plan(&base(&limit(-1)), &[]).unwrap().mem_mib, 512, "-1 is no limit");
-        assert_eq!(plan(&base(&limit(33 << 20)), &[]), Err(PlanError::LimitTooSmall(33 << 20)));
+        assert_eq!(plan(&base(&limit(256 << 20)), &[], None).unwrap().mem_mib, 224);
+        assert_eq!(plan(&base(&limit(65 << 20)), &[], None).unwrap().mem_mib, 32, "rounded down to 2 MiB");
+        assert_eq!(plan(&base(&limit(16 << 40)), &[], None).unwrap().mem_mib, 4096, "at most 4 GiB");
+        assert_eq!(plan(&base(&limit(-1)), &[], None).unwrap().mem_mib, 512, "-1 is no limit");
+        assert_eq!(plan(&base(&limit(33 << 20)), &[], None), Err(PlanError::LimitTooSmall(33 << 20)));
         let with = |l: &str, mem: &str| base(&format!(r#"{l},"annotations":{{"com.tender.mem":"{mem}"}}"#));
-        assert_eq!(plan(&with("", "64"), &[]).unwrap().mem_mib, 64);
-        assert_eq!(plan(&with(&limit(256 << 20), "224"), &[]).unwrap().mem_mib, 224);
-        assert_eq!(plan(&with(&limit(256 << 20), "226"), &[]), Err(PlanError::MemOverLimit { mem: 226, avail: 224 }));
+        assert_eq!(plan(&with("", "64"), &[], None).unwrap().mem_mib, 64);
+        assert_eq!(plan(&with(&limit(256 << 20), "224"), &[], None).unwrap().mem_mib, 224);
+        assert_eq!(
+            plan(&with(&limit(256 << 20), "226"), &[], None),
+            Err(PlanError::MemOverLimit { mem: 226, avail: 224 })
+        );
         for bad in ["0", "3", "x", "5000"] {
-            assert!(matches!(plan(&with("", bad), &[]), Err(PlanError::BadAnnotation { .. })), "{bad}");
+            assert!(matches!(plan(&with("", bad), &[], None), Err(PlanError::BadAnnotation { .. })), "{bad}");
         }
     }
 
@@ -274,7 +289,7 @@ mod tests {
             {"destination":"/block/storage","type":"bind","source":"/srv/kv.img","options":["rbind"]}],
             "annotations":{"com.tender.block-sector-size.storage":"4096","com.tender.timeout":"9"}"#,
         );
-        let p = plan(&s, &[]).unwrap();
+        let p = plan(&s, &[], None).unwrap();
         assert_eq!(p.blocks, [Block { name: "storage".into(), path: "/srv/kv.img".into(), sector_size: Some(4096) }]);
         let cmd = tender_command(Path::new("t"), &p, 3, None, Path::new("/r"));
         assert!(cmd.ends_with(&[
@@ -286,7 +301,7 @@ mod tests {
         ]));
         for bad in [r#""/block/a-b""#, r#""/block/""#] {
             let s = base(&format!(r#","mounts":[{{"destination":{bad},"type":"bind","source":"/x"}}]"#));
-            assert!(matches!(plan(&s, &[]), Err(PlanError::BadBlockMount(_))), "{bad}");
+            assert!(matches!(plan(&s, &[], None), Err(PlanError::BadBlockMount(_))), "{bad}");
         }
     }
 
@@ -294,14 +309,21 @@ mod tests {
     fn refusals() {
         for key in ["com.tender.seccomp", "com.tender.report", "com.tender.dumpcore", "com.tender.net"] {
             let s = base(&format!(r#","annotations":{{"{key}":"off"}}"#));
-            assert_eq!(plan(&s, &[]), Err(PlanError::Forbidden(key.into())));
+            assert_eq!(plan(&s, &[], None), Err(PlanError::Forbidden(key.into())));
         }
         let s = base(r#","annotations":{"io.kubernetes.cri.sandbox-id":"x"}"#);
-        assert!(plan(&s, &[]).is_ok(), "other annotations are not ours");
-        assert_eq!(plan(&base(""), &["a".into(), "b".into()]), Err(PlanError::TooManyNets(2)));
+        assert!(plan(&s, &[], None).is_ok(), "other annotations are not ours");
+        assert_eq!(plan(&base(""), &["a".into(), "b".into()], None), Err(PlanError::TooManyNets(2)));
         let s = base(r#","linux":{"namespaces":[{"type":"user"}]}"#);
-        assert_eq!(plan(&s, &[]), Err(PlanError::UserNamespace));
+        assert_eq!(plan(&s, &[], None), Err(PlanError::UserNamespace));
         let s = spec(r#"{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":0,"gid":0},"args":[]}}"#);
-        assert_eq!(plan(&s, &[]), Err(PlanError::NoArgs));
+        assert_eq!(plan(&s, &[], None), Err(PlanError::NoArgs));
+        let urunc = Urunc { binary: "/k".into(), cmdline: vec!["a".into()], block: None };
+        let p = plan(&s, &[], Some(&urunc)).unwrap();
+        assert_eq!(
+            (p.kernel.as_str(), p.guest_args.as_slice()),
+            ("/k", &["a".to_string()][..]),
+            "urunc's packaging first"
+        );
     }
 }

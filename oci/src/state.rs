@@ -64,9 +64,18 @@ pub struct Record {
     pub started: bool,
     #[serde(default)]
     pub annotations: HashMap<String, String>,
-    /// The cgroup tender-oci made, to remove at delete.
+    /// The container's cgroup, relative to each hierarchy.
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// Whether tender-oci made that cgroup (then `delete` removes it) or found it there.
+    #[serde(default)]
+    pub cgroup_made: bool,
+    /// The network namespace the container joined (a pod's), when its uplink got tc filters.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The uplink's interface index in `netns`: its ingress qdisc and redirect are tender-oci's.
+    #[serde(default)]
+    pub uplink: Option<u32>,
 }
 
 /// Where the records live: `ROOT/c/ID/`; runc's own root for passed-through containers is
@@ -156,7 +165,15 @@ impl Record {
             started: false,
             annotations,
             cgroup: None,
+            cgroup_made: false,
+            netns: None,
+            uplink: None,
         }
+    }
+
+    /// The cgroup to remove at delete: only one tender-oci made.
+    pub fn made_cgroup(&self) -> Option<&str> {
+        self.cgroup.as_deref().filter(|_| self.cgroup_made)
     }
 
     pub fn alive(&self) -> bool {
@@ -199,6 +216,9 @@ mod tests {
             started,
             annotations: HashMap::new(),
             cgroup: None,
+            cgroup_made: false,
+            netns: None,
+            uplink: None,
         }
     }
 

@@ -302,3 +302,21 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     }
     parts.next().is_none().then_some(mac)
 }
+
+/// Formats a MAC as `xx:xx:xx:xx:xx:xx`, the form [`parse_mac`] reads.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_round_trip() {
+        let mac = [0x02, 0, 0xab, 0x10, 0xff, 0x01];
+        assert_eq!(format_mac(&mac), "02:00:ab:10:ff:01");
+        assert_eq!(parse_mac(&format_mac(&mac)), Some(mac));
+    }
+}
