@@ -206,7 +206,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
     session.rip = rip;
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let si_code = unsafe { (*info).si_code };
-    let end = match trap(session, ctx, sig, si_code, in_guest) {
+    let end = match trap(session, ctx, sig, si_code, in_guest, fs_slot) {
         Some(end) => end,
         None => return,
     };
@@ -220,37 +220,28 @@ fn trap(
     sig: libc::c_int,
     si_code: libc::c_int,
     in_guest: bool,
+    fs_slot: *mut u64,
 ) -> Option<RunEnd> {
     if let Some(pending) = signals::pending() {
         return Some(RunEnd::from_signal(pending, session.timeout));
     }
     let regs = &mut ctx.uc_mcontext.gregs;
     let rip = regs[libc::REG_RIP as usize] as u64;
-    // An `out` raises #GP, which Linux delivers as SIGSEGV with SI_KERNEL.
+    // A privileged instruction or an `out` raises #GP, which Linux delivers as SIGSEGV with
+    // SI_KERNEL.
     if sig == libc::SIGSEGV && si_code == libc::SI_KERNEL && in_guest {
         let mut code = [0u8; decode::MAX_LEN];
         let n = session.calls.ram.read_code(rip, &mut code);
-        match decode::decode(&code[..n]) {
-            Some(Insn { op: Op::Out { port, size }, len }) => {
-                let port = match port {
-                    Port::Dx => regs[libc::REG_RDX as usize] as u16,
-                    Port::Imm(p) => u16::from(p),
-                };
-                let value = (regs[libc::REG_RAX as usize] as u32).to_le_bytes();
-                let end = out(session, port, &value[..size]);
-                if end.is_none() {
-                    regs[libc::REG_RIP as usize] += len as i64;
+        if let Some(insn) = decode::decode(&code[..n]) {
+            match emulate(session, regs, insn, fs_slot) {
+                Emulated::Resume => {
+                    regs[libc::REG_RIP as usize] = regs[libc::REG_RIP as usize].wrapping_add(insn.len as i64);
+                    return None;
                 }
-                return end;
+                Emulated::Jumped => return None,
+                Emulated::End(end) => return Some(end),
+                Emulated::Fault => {}
             }
-            Some(Insn { op: Op::In { port, size }, .. }) => {
-                let port = match port {
-                    Port::Dx => regs[libc::REG_RDX as usize] as u16,
-                    Port::Imm(p) => u16::from(p),
-                };
-                return Some(RunEnd::GuestError { error: GuestError::Port { port, size, direction: "in" }, rip });
-            }
-            _ => {}
         }
     }
     // A CPU exception: the run ends as a guest-rt abort on one does under KVM.
@@ -265,6 +256,77 @@ fn trap(
     };
     let vector = ctx.uc_mcontext.gregs[libc::REG_TRAPNO as usize] as u64;
     Some(RunEnd::Halted { status: SOLO5_EXIT_ABORT, trap: Some(Trap { frame, vector: Some(vector) }) })
+}
+
+/// The general registers of a signal context.
+type Regs = [libc::greg_t; 23];
+
+/// What [`emulate`] did.
+enum Emulated {
+    /// Resume after the instruction.
+    Resume,
+    /// Resume where the instruction went (RIP already set).
+    Jumped,
+    /// The run ends.
+    End(RunEnd),
+    /// The instruction faults as it would at CPL 0: the guest's CPU exception.
+    Fault,
+}
+
+/// `IA32_FS_BASE`, the only MSR a guest may write.
+const MSR_FS_BASE: u32 = 0xC000_0100;
+/// What `lretq` pops: RIP, then CS (not used: the process has one code segment).
+const FAR_RETURN_FRAME: u64 = 16;
+
+/// Emulates `insn`, which trapped at the guest's RIP: `out` (hypercalls and the ring's kick),
+/// `in` (refused), and the privileged instructions of Solo5's start and exit
+/// (docs/PROCESS_MODE.md, Solo5 guests). `fs_slot` is the FS base the guest resumes with.
+fn emulate(session: &mut Session<'_>, regs: &mut Regs, insn: Insn, fs_slot: *mut u64) -> Emulated {
+    let port_of = |port: Port, regs: &Regs| match port {
+        Port::Dx => regs[libc::REG_RDX as usize] as u16,
+        Port::Imm(p) => u16::from(p),
+    };
+    match insn.op {
+        Op::Out { port, size } => {
+            let port = port_of(port, regs);
+            let value = (regs[libc::REG_RAX as usize] as u32).to_le_bytes();
+            match out(session, port, &value[..size]) {
+                None => Emulated::Resume,
+                Some(end) => Emulated::End(end),
+            }
+        }
+        Op::In { port, size } => {
+            let error = GuestError::Port { port: port_of(port, regs), size, direction: "in" };
+            Emulated::End(RunEnd::GuestError { error, rip: session.rip })
+        }
+        Op::Wrmsr => {
+            let value = (regs[libc::REG_RDX as usize] as u64) << 32 | u64::from(regs[libc::REG_RAX as usize] as u32);
+            // A non-canonical base is a #GP under KVM too (and `wrfsbase` would fault on the
+            // way out of the handler).
+            let canonical = ((value << 16) as i64 >> 16) as u64 == value;
+            if regs[libc::REG_RCX as usize] as u32 != MSR_FS_BASE || !canonical {
+                return Emulated::Fault;
+            }
+            // SAFETY: `fs_slot` is the prologue's slot on this handler's stack frame.
+            unsafe { fs_slot.write(value) };
+            Emulated::Resume
+        }
+        Op::LoadDescriptorTable | Op::MovToSegment => Emulated::Resume,
+        Op::FarReturn => {
+            // Pop RIP and CS (ignored) from the guest's stack, which must lie in guest memory.
+            let rsp = regs[libc::REG_RSP as usize] as u64;
+            let mut frame = [0u8; FAR_RETURN_FRAME as usize];
+            let read = session.calls.ram.slice(rsp, FAR_RETURN_FRAME).map(|s| s.copy_to(&mut frame[..]));
+            if !matches!(read, Ok(n) if n == frame.len()) {
+                return Emulated::Fault;
+            }
+            let mut target = [0u8; 8];
+            target.copy_from_slice(&frame[..8]);
+            regs[libc::REG_RIP as usize] = u64::from_le_bytes(target) as i64;
+            regs[libc::REG_RSP as usize] = (rsp + FAR_RETURN_FRAME) as i64;
+            Emulated::Jumped
+        }
+    }
 }
 
 /// An `out` of `data` to `port`: the ring's kick, or a hypercall through the same dispatch as
