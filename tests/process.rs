@@ -281,3 +281,52 @@ fn garbage_fs_base_then_trap_is_a_clean_trap_line() {
         assert!(err.starts_with(&want) && err.lines().count() == 1, "{name}: {err}");
     }
 }
+
+/// A raw guest that blocks every signal on its thread with a forged `rt_sigreturn` frame
+/// (`ucontext` at 2 MiB: the alternate stack disabled, RIP at the spin loop, user CS and SS,
+/// every signal in `uc_sigmask`), then spins.
+#[rustfmt::skip]
+const BLOCK_SIGNALS_AND_SPIN: &[u8] = &[
+    0xbf, 0x00, 0x00, 0x20, 0x00, // mov $0x200000,%edi
+    0xc7, 0x47, 0x18, 0x02, 0x00, 0x00, 0x00, // movl $SS_DISABLE,0x18(%rdi): uc_stack.ss_flags
+    0x48, 0x8d, 0x05, 0x44, 0x00, 0x00, 0x00, // lea 1f(%rip),%rax
+    0x48, 0x89, 0x87, 0xa8, 0x00, 0x00, 0x00, // mov %rax,0xa8(%rdi): rip
+    0x48, 0xc7, 0x87, 0xa0, 0x00, 0x00, 0x00, 0x00, 0xf0, 0x1f, 0x00, // movq $0x1ff000,0xa0(%rdi): rsp
+    0x48, 0xc7, 0x87, 0xb0, 0x00, 0x00, 0x00, 0x02, 0x02, 0x00, 0x00, // movq $0x202,0xb0(%rdi): eflags
+    0x66, 0xc7, 0x87, 0xb8, 0x00, 0x00, 0x00, 0x33, 0x00, // movw $0x33,0xb8(%rdi): cs
+    0x66, 0xc7, 0x87, 0xbe, 0x00, 0x00, 0x00, 0x2b, 0x00, // movw $0x2b,0xbe(%rdi): ss
+    0x48, 0xc7, 0x87, 0x28, 0x01, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, // movq $-1,0x128(%rdi): uc_sigmask
+    0x48, 0x89, 0xfc, // mov %rdi,%rsp
+    0xb8, 0x0f, 0x00, 0x00, 0x00, // mov $SYS_rt_sigreturn,%eax
+    0x0f, 0x05, // syscall
+    0xeb, 0xfe, // 1: jmp 1b
+];
+
+/// `--timeout` and SIGTERM still end a guest that blocked every signal on its thread: the
+/// watchdog thread takes them and ends the run with the line and status of a normal end.
+#[test]
+fn watchdog_ends_a_guest_that_blocks_signals() {
+    let dir = TempDir::new("process-watchdog");
+    let elf = dir.file("spin", &raw_kernel(BLOCK_SIGNALS_AND_SPIN, &[]));
+    let (code, out, err) = run_process(&["--mem=4", "--timeout=1", elf.to_str().unwrap()]);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (1, "", "tender: guest still running after --timeout=1s, stopped\n")
+    );
+
+    let mut cmd = process_tender();
+    cmd.args(["--mem=4", elf.to_str().unwrap()]);
+    let guest = Running::spawn(cmd);
+    // Every signal but SIGKILL and SIGSTOP blocked on the guest's (main) thread.
+    let status = format!("/proc/{}/status", guest.pid());
+    let blocked = || std::fs::read_to_string(&status).unwrap_or_default().contains("SigBlk:\tfffffffffffbfeff");
+    for _ in 0..250 {
+        if blocked() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(blocked(), "the forged frame blocked the guest's signals");
+    let (code, out, err) = guest.stop();
+    assert_eq!((code, out.as_str(), err.as_str()), (1, "", "tender: exiting on signal 15\n"));
+}

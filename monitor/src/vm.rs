@@ -245,7 +245,7 @@ impl Vm {
             return RunEnd::HostError(format!("cannot install signal handlers: {e}"));
         }
         if let Cpu::Process(p) = &mut self.cpu
-            && let Err(e) = p.arm()
+            && let Err(e) = p.arm(wake_fd, self.timeout)
         {
             return RunEnd::HostError(e.to_string());
         }
@@ -314,6 +314,10 @@ impl Vm {
                 let [file, link] = c.fds();
                 (file, link)
             }),
+            watchdog: match &self.cpu {
+                Cpu::Kvm(_) => None,
+                Cpu::Process(p) => p.watchdog(),
+            },
             ..Default::default()
         };
         for dev in &self.calls.devices {

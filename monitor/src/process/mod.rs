@@ -7,10 +7,12 @@
 
 mod decode;
 mod trap;
+mod watchdog;
 
 use std::os::fd::RawFd;
 
 use guest_abi::BOOT_INFO_GPA;
+use tender_seccomp::Watchdog;
 
 use crate::hypercalls::Hypercalls;
 use crate::outcome::RunEnd;
@@ -31,6 +33,8 @@ pub enum ProcessError {
     AltStack(std::io::Error),
     #[error("--mode=process: cannot install the trap handler: {0}")]
     Handler(std::io::Error),
+    #[error("--mode=process: cannot start the watchdog: {0}")]
+    Watchdog(std::io::Error),
 }
 
 /// A guest to run on this thread.
@@ -42,6 +46,8 @@ pub struct ProcessGuest {
     pub tsc_hz: u64,
     /// The guest's RIP when the run ended (for messages).
     rip: u64,
+    /// The watchdog thread, once `arm` started it.
+    watchdog: Option<Watchdog>,
 }
 
 impl ProcessGuest {
@@ -50,13 +56,14 @@ impl ProcessGuest {
         if unsafe { libc::getauxval(libc::AT_HWCAP2) } & HWCAP2_FSGSBASE == 0 {
             return Err(ProcessError::NoFsgsbase);
         }
-        Ok(ProcessGuest { entry, stack: mem_size - 8, tsc_hz: calibrate_tsc(), rip: 0 })
+        Ok(ProcessGuest { entry, stack: mem_size - 8, tsc_hz: calibrate_tsc(), rip: 0, watchdog: None })
     }
 
-    /// Makes the alternate signal stack (with a guard page below it) and installs the handlers,
-    /// for every signal that may arrive on the guest's thread. Call after `signals::install`
-    /// (whose state the handlers share) and before the filter, which forbids both.
-    pub fn arm(&mut self) -> Result<(), ProcessError> {
+    /// Makes the alternate signal stack (with a guard page below it), installs the handlers,
+    /// for every signal that may arrive on the guest's thread, and starts the watchdog. Call
+    /// after `signals::install` (whose state the handlers share; `wake_fd` is its eventfd) and
+    /// before the filter, which forbids all three.
+    pub fn arm(&mut self, wake_fd: RawFd, timeout: Option<u64>) -> Result<(), ProcessError> {
         let len = ALT_STACK_SIZE + PAGE;
         let prot = libc::PROT_READ | libc::PROT_WRITE;
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK;
@@ -76,7 +83,14 @@ impl ProcessGuest {
         if unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) } != 0 {
             return Err(ProcessError::AltStack(std::io::Error::last_os_error()));
         }
-        trap::install().map_err(ProcessError::Handler)
+        trap::install().map_err(ProcessError::Handler)?;
+        self.watchdog = Some(watchdog::start(wake_fd, timeout).map_err(ProcessError::Watchdog)?);
+        Ok(())
+    }
+
+    /// What the filter must allow the watchdog, once started.
+    pub fn watchdog(&self) -> Option<Watchdog> {
+        self.watchdog
     }
 
     /// Runs the guest until a handler ends the run. `kick_fd` is the ring's kick eventfd, when a

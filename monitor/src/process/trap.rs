@@ -5,7 +5,7 @@
 //! `tender_landing` on tender's saved stack, which returns from `tender_enter_guest`.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use guest_abi::{NET_RING_KICK_PORT, SOLO5_EXIT_ABORT, TrapFrame};
 
@@ -16,6 +16,11 @@ use crate::signals;
 
 /// tender's own FS base (its thread data), loaded by the prologue before any Rust code runs.
 static TENDER_FS: AtomicU64 = AtomicU64::new(0);
+/// The watchdog thread's FS base: a signal that interrupts the watchdog keeps it (`watchdog.rs`);
+/// until it runs, a non-canonical value no FS base can have.
+static WATCHDOG_FS: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Set by the landing: the guest's thread is back in tender, which ends the process itself.
+static LANDED: AtomicBool = AtomicBool::new(false);
 /// tender's stack pointer inside `tender_enter_guest`, where a landing resumes.
 static SAVED_RSP: AtomicU64 = AtomicU64::new(0);
 /// Guest memory `[start, end)`: a signal that interrupts code there interrupted the guest.
@@ -101,14 +106,18 @@ tender_landing:
     // Entered by the kernel on the alternate stack with RDI = signal, RSI = siginfo,
     // RDX = ucontext, RSP = 8 mod 16. The interrupted FS base is kept in the slot pushed here
     // (nested handlers each keep their own); the Rust handler gets the slot's address in RCX and
-    // may rewrite it to resume with another FS base.
+    // may rewrite it to resume with another FS base. On the watchdog's thread, whose FS base is
+    // its own, the FS base stays.
     .globl tender_signal_entry
     .type tender_signal_entry, @function
 tender_signal_entry:
     rdfsbase %rax
     push %rax
+    cmp {watchdog_fs}(%rip), %rax
+    je 1f
     mov {tender_fs}(%rip), %rax
     wrfsbase %rax
+1:
     mov %rsp, %rcx
     call {handler}
     pop %rax
@@ -119,6 +128,7 @@ tender_signal_entry:
     "#,
     saved_rsp = sym SAVED_RSP,
     tender_fs = sym TENDER_FS,
+    watchdog_fs = sym WATCHDOG_FS,
     handler = sym on_signal,
     options(att_syntax)
 );
@@ -146,6 +156,16 @@ pub(super) fn install() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Records the watchdog thread's FS base (call on that thread).
+pub(super) fn set_watchdog_fs(fs: u64) {
+    WATCHDOG_FS.store(fs, Ordering::SeqCst);
+}
+
+/// Whether the guest's thread is back in tender (it then ends the run and the process itself).
+pub(super) fn landed() -> bool {
+    LANDED.load(Ordering::SeqCst)
 }
 
 /// Runs the guest at `entry` until a handler lands; returns how the run ended and the guest's
@@ -358,6 +378,7 @@ fn out(session: &mut Session<'_>, port: u16, data: &[u8]) -> Option<RunEnd> {
 /// base and no signal blocked.
 fn land(session: &mut Session<'_>, ctx: &mut libc::ucontext_t, fs_slot: *mut u64, end: RunEnd) {
     session.end = Some(end);
+    LANDED.store(true, Ordering::SeqCst);
     let regs = &mut ctx.uc_mcontext.gregs;
     regs[libc::REG_RIP as usize] = tender_landing as *const () as usize as i64;
     regs[libc::REG_RSP as usize] = SAVED_RSP.load(Ordering::SeqCst) as i64;
