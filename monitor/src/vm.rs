@@ -424,11 +424,12 @@ impl Vm {
             _ => return None,
         };
         let core = self.core.as_mut()?;
-        let Cpu::Kvm(machine) = &self.cpu else {
-            return None;
+        let (regs, sregs) = match &self.cpu {
+            Cpu::Kvm(machine) => {
+                (machine.vcpu.get_regs().unwrap_or_default(), machine.vcpu.get_sregs().unwrap_or_default())
+            }
+            Cpu::Process(p) => p.registers(),
         };
-        let regs = machine.vcpu.get_regs().unwrap_or_default();
-        let sregs = machine.vcpu.get_sregs().unwrap_or_default();
         Some(match core.write(&self.calls.ram, &regs, &sregs, trap.as_ref()) {
             Ok(what) => format!("dumpcore: guest core written: {what}"),
             Err(e) => format!("dumpcore: cannot write the guest core: {e}"),

@@ -12,6 +12,7 @@ mod watchdog;
 use std::os::fd::RawFd;
 
 use guest_abi::BOOT_INFO_GPA;
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use tender_seccomp::Watchdog;
 
 use crate::hypercalls::Hypercalls;
@@ -48,6 +49,8 @@ pub struct ProcessGuest {
     rip: u64,
     /// The watchdog thread, once `arm` started it.
     watchdog: Option<Watchdog>,
+    /// The guest's registers where the run ended.
+    last: trap::GuestState,
 }
 
 impl ProcessGuest {
@@ -56,7 +59,14 @@ impl ProcessGuest {
         if unsafe { libc::getauxval(libc::AT_HWCAP2) } & HWCAP2_FSGSBASE == 0 {
             return Err(ProcessError::NoFsgsbase);
         }
-        Ok(ProcessGuest { entry, stack: mem_size - 8, tsc_hz: calibrate_tsc(), rip: 0, watchdog: None })
+        Ok(ProcessGuest {
+            entry,
+            stack: mem_size - 8,
+            tsc_hz: calibrate_tsc(),
+            rip: 0,
+            watchdog: None,
+            last: Default::default(),
+        })
     }
 
     /// Makes the alternate signal stack (with a guard page below it), installs the handlers,
@@ -96,14 +106,49 @@ impl ProcessGuest {
     /// Runs the guest until a handler ends the run. `kick_fd` is the ring's kick eventfd, when a
     /// ring runs.
     pub fn run(&mut self, calls: &mut Hypercalls, kick_fd: Option<RawFd>, timeout: Option<u64>) -> RunEnd {
-        let (end, rip) = trap::run_guest(calls, kick_fd, timeout, self.entry, self.stack, BOOT_INFO_GPA);
+        let (end, rip, last) = trap::run_guest(calls, kick_fd, timeout, self.entry, self.stack, BOOT_INFO_GPA);
         self.rip = rip;
+        self.last = last;
         end
     }
 
     /// The guest's RIP when the run ended.
     pub fn rip(&self) -> u64 {
         self.rip
+    }
+
+    /// The guest's registers where the run ended, as KVM would give them (for a core dump):
+    /// the general registers from the signal context of the landing, the FS base the guest
+    /// had, CS and SS as Linux's user segments.
+    pub fn registers(&self) -> (kvm_regs, kvm_sregs) {
+        let g = |r: libc::c_int| self.last.gregs[r as usize] as u64;
+        let regs = kvm_regs {
+            rax: g(libc::REG_RAX),
+            rbx: g(libc::REG_RBX),
+            rcx: g(libc::REG_RCX),
+            rdx: g(libc::REG_RDX),
+            rsi: g(libc::REG_RSI),
+            rdi: g(libc::REG_RDI),
+            rsp: g(libc::REG_RSP),
+            rbp: g(libc::REG_RBP),
+            r8: g(libc::REG_R8),
+            r9: g(libc::REG_R9),
+            r10: g(libc::REG_R10),
+            r11: g(libc::REG_R11),
+            r12: g(libc::REG_R12),
+            r13: g(libc::REG_R13),
+            r14: g(libc::REG_R14),
+            r15: g(libc::REG_R15),
+            rip: g(libc::REG_RIP),
+            rflags: g(libc::REG_EFL),
+        };
+        let mut sregs = kvm_sregs::default();
+        // CSGSFS: CS in bits 0-15, SS in bits 48-63 (Linux 4.14 and later).
+        let csgsfs = g(libc::REG_CSGSFS);
+        sregs.cs.selector = csgsfs as u16;
+        sregs.ss.selector = (csgsfs >> 48) as u16;
+        sregs.fs.base = self.last.fs_base;
+        (regs, sregs)
     }
 }
 

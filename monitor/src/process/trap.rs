@@ -39,6 +39,15 @@ struct Session<'a> {
     timeout: Option<u64>,
     end: Option<RunEnd>,
     rip: u64,
+    /// The guest's registers and FS base where the run ended (for a core dump).
+    last: GuestState,
+}
+
+/// The guest's general registers (as in a signal context) and FS base.
+#[derive(Clone, Copy, Default)]
+pub(super) struct GuestState {
+    pub gregs: Regs,
+    pub fs_base: u64,
 }
 
 unsafe extern "C" {
@@ -168,8 +177,8 @@ pub(super) fn landed() -> bool {
     LANDED.load(Ordering::SeqCst)
 }
 
-/// Runs the guest at `entry` until a handler lands; returns how the run ended and the guest's
-/// last RIP.
+/// Runs the guest at `entry` until a handler lands; returns how the run ended, the guest's last
+/// RIP, and its registers where the run ended.
 pub(super) fn run_guest(
     calls: &mut Hypercalls,
     kick_fd: Option<RawFd>,
@@ -177,10 +186,10 @@ pub(super) fn run_guest(
     entry: u64,
     stack: u64,
     boot_info: u64,
-) -> (RunEnd, u64) {
+) -> (RunEnd, u64, GuestState) {
     GUEST_START.store(calls.ram.base(), Ordering::SeqCst);
     GUEST_END.store(calls.ram.total(), Ordering::SeqCst);
-    let mut session = Session { calls, kick_fd, timeout, end: None, rip: entry };
+    let mut session = Session { calls, kick_fd, timeout, end: None, rip: entry, last: GuestState::default() };
     SESSION.store((&raw mut session).cast(), Ordering::SeqCst);
     // SAFETY: guest memory is mapped at `entry` and below `stack`; the guest comes back only
     // through a handler's landing, which restores every register tender's ABI needs and its FS
@@ -189,7 +198,7 @@ pub(super) fn run_guest(
     unsafe { tender_enter_guest(entry, stack, boot_info) };
     SESSION.store(std::ptr::null_mut(), Ordering::SeqCst);
     let end = session.end.take().unwrap_or_else(|| RunEnd::HostError("the guest left without an outcome".into()));
-    (end, session.rip)
+    (end, session.rip, session.last)
 }
 
 /// Every signal on the guest's thread, with tender's FS base loaded. `fs_slot` holds the FS
@@ -272,7 +281,8 @@ fn trap(
         cs: ctx.uc_mcontext.gregs[libc::REG_CSGSFS as usize] as u64 & 0xffff,
         rflags: ctx.uc_mcontext.gregs[libc::REG_EFL as usize] as u64,
         rsp: ctx.uc_mcontext.gregs[libc::REG_RSP as usize] as u64,
-        ss: 0,
+        // CSGSFS holds SS in its top 16 bits (Linux 4.14 and later).
+        ss: ctx.uc_mcontext.gregs[libc::REG_CSGSFS as usize] as u64 >> 48,
     };
     let vector = ctx.uc_mcontext.gregs[libc::REG_TRAPNO as usize] as u64;
     Some(RunEnd::Halted { status: SOLO5_EXIT_ABORT, trap: Some(Trap { frame, vector: Some(vector) }) })
@@ -379,6 +389,8 @@ fn out(session: &mut Session<'_>, port: u16, data: &[u8]) -> Option<RunEnd> {
 fn land(session: &mut Session<'_>, ctx: &mut libc::ucontext_t, fs_slot: *mut u64, end: RunEnd) {
     session.end = Some(end);
     LANDED.store(true, Ordering::SeqCst);
+    // SAFETY: `fs_slot` is the prologue's slot on this handler's stack frame.
+    session.last = GuestState { gregs: ctx.uc_mcontext.gregs, fs_base: unsafe { fs_slot.read() } };
     let regs = &mut ctx.uc_mcontext.gregs;
     regs[libc::REG_RIP as usize] = tender_landing as *const () as usize as i64;
     regs[libc::REG_RSP as usize] = SAVED_RSP.load(Ordering::SeqCst) as i64;
