@@ -94,11 +94,6 @@ fn report_to_an_open_fd() {
 
 #[test]
 fn dumpcore_writes_a_core_gdb_can_read() {
-    // Pending: --dumpcore is refused in process mode until its core (registers from the signal
-    // context) is written there; tests/process.rs checks the refusal. Remove with that change.
-    if process_mode() {
-        return;
-    }
     let h = hello();
     let dir = TempDir::new("core");
     let opt = format!("--dumpcore={}", dir.0.display());
@@ -133,11 +128,6 @@ fn dumpcore_writes_a_core_gdb_can_read() {
 
 #[test]
 fn dumpcore_leaves_nothing_after_a_clean_run_and_rejects_bad_dirs() {
-    // Pending: --dumpcore is refused in process mode until its core (registers from the signal
-    // context) is written there; tests/process.rs checks the refusal. Remove with that change.
-    if process_mode() {
-        return;
-    }
     let h = hello();
     let dir = TempDir::new("core-clean");
     let opt = format!("--dumpcore={}", dir.0.display());

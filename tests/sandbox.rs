@@ -70,13 +70,8 @@ fn every_exit_path_runs_under_the_filter() {
     let dir = TempDir::new("sandbox-exits");
     let report = dir.0.join("r.json");
     let report_opt = format!("--report={}", report.display());
-    // Pending: --dumpcore is refused in process mode until its core is written there
-    // (tests/process.rs checks the refusal); the report's exit path runs all the same.
     let dump_opt = format!("--dumpcore={}", dir.0.display());
-    let mut reported: Vec<&str> = vec![&report_opt, &dump_opt, h, "fault"];
-    if process_mode() {
-        reported.remove(1);
-    }
+    let reported: Vec<&str> = vec![&report_opt, &dump_opt, h, "fault"];
     for (args, want) in [
         (vec![h], 0),
         (vec![h, "fail", "3"], 3),

@@ -262,9 +262,6 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErr
     }
     config.mem_bytes = mem;
     config.mode = cli.mode;
-    if cli.mode == Mode::Process && cli.dumpcore.is_some() {
-        return Err(CliError("--dumpcore is not available with --mode=process yet".into()));
-    }
     config.seccomp = cli.seccomp;
     config.dumpcore = cli.dumpcore;
     config.timeout = cli.timeout;
@@ -421,7 +418,6 @@ mod tests {
             (&[][..], "Missing KERNEL"),
             (&["--mem=0", "k"][..], "below the minimum"),
             (&["--mode=qemu", "k"][..], "invalid --mode value 'qemu' (expected kvm or process)"),
-            (&["--mode=process", "--dumpcore=/tmp", "k"][..], "not available with --mode=process"),
             (&["--mem=abc", "k"][..], "Malformed argument to --mem"),
             (&["--block:bad-name=/x", "k"][..], "Invalid option"),
             (&["--block:d", "k"][..], "Invalid option"),

@@ -112,8 +112,9 @@ impl CoreDump {
         sregs: &kvm_sregs,
         trap: Option<&TrapFrame>,
     ) -> std::io::Result<String> {
-        let size = ram.limit();
-        self.build_header(size, regs, sregs, trap);
+        // Guest memory from its lowest address (0 under KVM, 0x10000 in process mode).
+        let (start, size) = (ram.base(), ram.limit() - ram.base());
+        self.build_header(start, size, regs, sregs, trap);
         pwrite_all(&self.file, &self.header, 0)?;
         let base = ram.host_base();
         // SAFETY: `base..base+size` is our guest mapping; mincore only reads page residency and
@@ -142,7 +143,7 @@ impl CoreDump {
         }
     }
 
-    fn build_header(&mut self, size: u64, regs: &kvm_regs, sregs: &kvm_sregs, trap: Option<&TrapFrame>) {
+    fn build_header(&mut self, start: u64, size: u64, regs: &kvm_regs, sregs: &kvm_sregs, trap: Option<&TrapFrame>) {
         let h = &mut self.header;
         h.clear();
         let note_desc = prstatus(regs, sregs, trap);
@@ -172,12 +173,12 @@ impl CoreDump {
         push64(h, note_len as u64);
         push64(h, 0);
         push64(h, 4);
-        // PT_LOAD: all guest memory at vaddr 0, RWX.
+        // PT_LOAD: all guest memory at its guest addresses, RWX.
         push32(h, 1);
         push32(h, 7);
         push64(h, DATA_OFFSET);
-        push64(h, 0);
-        push64(h, 0);
+        push64(h, start);
+        push64(h, start);
         push64(h, size);
         push64(h, size);
         push64(h, PAGE as u64);

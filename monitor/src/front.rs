@@ -8,7 +8,7 @@ use crate::cli::Command;
 use crate::jail::Jail;
 use crate::observe::Observer;
 use crate::report::{Ending, ReportFile, Stats};
-use crate::{Error, RunEnd, Vm};
+use crate::{Error, Vm};
 
 /// One line on stderr. Never panics: a closed stderr (`tender … 2>&1 | head -1`) must not turn a
 /// message into a panic, whose abort would also break out of the sandbox's allowlist.
@@ -80,21 +80,8 @@ pub fn run<O: Observer>(command: Command, attach: impl FnOnce(&Vm) -> Result<O, 
     for w in &vm.warnings[setup_warnings..] {
         say!("tender: warning: {w}");
     }
-    match &end {
-        RunEnd::Halted { trap: Some(t), status } => say!(
-            "tender: guest aborted (status {status}) on a CPU exception{}: rip={:#x} rsp={:#x} error={:#x} cr2={:#x}",
-            t.vector.map(|v| format!(" (vector {v})")).unwrap_or_default(),
-            t.frame.rip,
-            t.frame.rsp,
-            t.frame.error_code,
-            t.frame.cr2
-        ),
-        RunEnd::Halted { .. } => {}
-        RunEnd::GuestError { error, rip } => say!("tender: {error}, rip={rip:#x}"),
-        RunEnd::HostError(msg) => say!("tender: {msg}"),
-        RunEnd::Signal(sig) => say!("tender: exiting on signal {sig}"),
-        RunEnd::Timeout(secs) => say!("tender: guest still running after --timeout={secs}s, stopped"),
-        RunEnd::Killed => say!("tender: guest killed by the debugger"),
+    if let Some(msg) = end.message() {
+        say!("tender: {msg}");
     }
     observer.end(&end);
     if let Some(msg) = vm.dump_core(&end) {

@@ -43,6 +43,26 @@ impl RunEnd {
         }
     }
 
+    /// tender's line about how the run ended (after `tender: `), if it prints one.
+    pub fn message(&self) -> Option<String> {
+        Some(match self {
+            RunEnd::Halted { trap: Some(t), status } => format!(
+                "guest aborted (status {status}) on a CPU exception{}: rip={:#x} rsp={:#x} error={:#x} cr2={:#x}",
+                t.vector.map(|v| format!(" (vector {v})")).unwrap_or_default(),
+                t.frame.rip,
+                t.frame.rsp,
+                t.frame.error_code,
+                t.frame.cr2
+            ),
+            RunEnd::Halted { .. } => return None,
+            RunEnd::GuestError { error, rip } => format!("{error}, rip={rip:#x}"),
+            RunEnd::HostError(msg) => msg.clone(),
+            RunEnd::Signal(sig) => format!("exiting on signal {sig}"),
+            RunEnd::Timeout(secs) => format!("guest still running after --timeout={secs}s, stopped"),
+            RunEnd::Killed => "guest killed by the debugger".into(),
+        })
+    }
+
     /// The end of a run stopped by `sig`: SIGALRM is `--timeout` (when one was given). A SIGUSR1
     /// from the ring's thread becomes its fault in `Vm::run`.
     pub fn from_signal(sig: i32, timeout: Option<u64>) -> Self {

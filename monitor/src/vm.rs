@@ -257,7 +257,7 @@ impl Vm {
             return RunEnd::HostError(format!("cannot install signal handlers: {e}"));
         }
         if let Cpu::Process(p) = &mut self.cpu
-            && let Err(e) = p.arm()
+            && let Err(e) = p.arm(wake_fd, self.timeout)
         {
             return RunEnd::HostError(e.to_string());
         }
@@ -323,6 +323,10 @@ impl Vm {
                 let [file, link] = c.fds();
                 (file, link)
             }),
+            watchdog: match &self.cpu {
+                Cpu::Kvm(_) => None,
+                Cpu::Process(p) => p.watchdog(),
+            },
             ..Default::default()
         };
         for dev in &self.calls.devices {
@@ -429,11 +433,12 @@ impl Vm {
             _ => return None,
         };
         let core = self.core.as_mut()?;
-        let Cpu::Kvm(machine) = &self.cpu else {
-            return None;
+        let (regs, sregs) = match &self.cpu {
+            Cpu::Kvm(machine) => {
+                (machine.vcpu.get_regs().unwrap_or_default(), machine.vcpu.get_sregs().unwrap_or_default())
+            }
+            Cpu::Process(p) => p.registers(),
         };
-        let regs = machine.vcpu.get_regs().unwrap_or_default();
-        let sregs = machine.vcpu.get_sregs().unwrap_or_default();
         Some(match core.write(&self.calls.ram, &regs, &sregs, trap.as_ref()) {
             Ok(what) => format!("dumpcore: guest core written: {what}"),
             Err(e) => format!("dumpcore: cannot write the guest core: {e}"),

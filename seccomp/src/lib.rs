@@ -108,6 +108,23 @@ pub struct Allowlist {
     /// Only in `tender-debug --gdb` runs: `/proc/self/mem`, opened before the filter, through
     /// which `pwrite64` puts breakpoints into the guest's text (read-only on the host).
     pub debugger_mem_fd: Option<RawFd>,
+    /// Only in `--mode=process` runs: the watchdog thread (`Watchdog`).
+    pub watchdog: Option<Watchdog>,
+}
+
+/// Process mode's watchdog thread: it sleeps on its own epoll set (`epoll_wait`/`epoll_pwait`)
+/// and may forward the signal that ends the run to the guest's thread (`tgkill(pid, tid, sig)`
+/// with one of `SIGNALS`).
+#[derive(Clone, Copy, Debug)]
+pub struct Watchdog {
+    pub epoll_fd: RawFd,
+    pub pid: u32,
+    pub tid: u32,
+}
+
+impl Watchdog {
+    /// The signals that end a run.
+    pub const SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGALRM, libc::SIGUSR1];
 }
 
 fn on_fd(fd: RawFd) -> SeccompRule {
@@ -172,6 +189,7 @@ impl Allowlist {
             .chain(&self.debugger_fd)
             .chain(&self.debugger_mem_fd)
             .copied()
+            .chain(self.watchdog.map(|w| w.epoll_fd))
             .chain(core)
     }
 
@@ -226,6 +244,19 @@ impl Allowlist {
                 rule(vec![cond(0, SeccompCmpOp::Eq, u64::from(pid)), cond(1, SeccompCmpOp::Eq, libc::SIGUSR1 as u64)]);
             add(libc::SYS_kill, vec![own_usr1]);
         }
+        if let Some(w) = self.watchdog {
+            let forward = Watchdog::SIGNALS
+                .iter()
+                .map(|&sig| {
+                    rule(vec![
+                        cond(0, SeccompCmpOp::Eq, u64::from(w.pid)),
+                        cond(1, SeccompCmpOp::Eq, u64::from(w.tid)),
+                        cond(2, SeccompCmpOp::Eq, sig as u64),
+                    ])
+                })
+                .collect();
+            add(libc::SYS_tgkill, forward);
+        }
         add(libc::SYS_pread64, self.block_files.iter().flat_map(starts_inside).collect());
         let exact = self.block_files.len() <= EXACT_BLOCK_FILES;
         add(
@@ -234,7 +265,9 @@ impl Allowlist {
         );
         let pwritable: Vec<RawFd> = self.exit_file_fds.iter().chain(&self.debugger_mem_fd).copied().collect();
         add(libc::SYS_pwrite64, fds(&pwritable));
-        let epolls: Vec<RawFd> = self.epoll_fd.iter().chain(&self.ring_epoll_fd).copied().collect();
+        let watchdog_epoll = self.watchdog.map(|w| w.epoll_fd);
+        let epolls: Vec<RawFd> =
+            self.epoll_fd.iter().chain(&self.ring_epoll_fd).chain(&watchdog_epoll).copied().collect();
         add(libc::SYS_epoll_wait, fds(&epolls));
         add(libc::SYS_epoll_pwait, fds(&epolls));
         if let Some(fd) = self.timer_fd {

@@ -5,7 +5,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tender_seccomp::{Allowlist, BLOCK_IO_MAX, BlockFile, EXACT_BLOCK_FILES, Mode, install};
+use tender_seccomp::{Allowlist, BLOCK_IO_MAX, BlockFile, EXACT_BLOCK_FILES, Mode, Watchdog, install};
 
 /// Runs `call` in a child under `allow`'s filter; returns how the child ended.
 fn in_sandbox(allow: &Allowlist, mode: Mode, call: fn() -> i64) -> WaitStatus {
@@ -338,4 +338,45 @@ fn only_a_debugger_run_may_write_the_vcpu_or_receive() {
     assert_eq!(debugging.rules()[&libc::SYS_ioctl].len(), 6);
     assert!(!killed_by_sigsys(in_sandbox(&debugging, Mode::Kill, set_regs_on_fd_50)));
     assert!(!killed_by_sigsys(in_sandbox(&debugging, Mode::Kill, recv_on_fd_9)));
+}
+
+fn tgkill_target(sig: libc::c_int) -> i64 {
+    let pid = KILL_TARGET.load(std::sync::atomic::Ordering::SeqCst);
+    // SAFETY: tgkill(2) of a `sleep` the test started (its only thread: tid = pid).
+    unsafe { libc::syscall(libc::SYS_tgkill, pid, pid, sig) }
+}
+
+fn tgkill_target_term() -> i64 {
+    tgkill_target(libc::SIGTERM)
+}
+
+fn tgkill_target_kill() -> i64 {
+    tgkill_target(libc::SIGKILL)
+}
+
+fn tgkill_self_term() -> i64 {
+    // SAFETY: the filter refuses it before the kernel sees it (that is what is tested).
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), libc::SIGTERM) }
+}
+
+/// Process mode's watchdog may sleep on its epoll set and `tgkill` the guest's thread with a
+/// signal that ends a run; nothing else.
+#[test]
+fn watchdog_tgkills_only_the_guest_thread_with_an_ending_signal() {
+    let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+    let pid = sleeper.id();
+    KILL_TARGET.store(pid as i32, std::sync::atomic::Ordering::SeqCst);
+    let allow = Allowlist { watchdog: Some(Watchdog { epoll_fd: 77, pid, tid: pid }), ..base() };
+    let rules = allow.rules();
+    assert!(!base().rules().contains_key(&libc::SYS_tgkill), "no watchdog, no tgkill");
+    assert!(rules[&libc::SYS_epoll_wait].len() == 1 && rules[&libc::SYS_epoll_pwait].len() == 1);
+    assert!(killed_by_sigsys(in_sandbox(&allow, Mode::Kill, tgkill_target_kill)), "another signal");
+    assert!(killed_by_sigsys(in_sandbox(&allow, Mode::Kill, tgkill_self_term)), "another thread");
+    match in_sandbox(&allow, Mode::Kill, tgkill_target_term) {
+        WaitStatus::Exited(_, 1) => {}
+        other => panic!("tgkill(guest thread, SIGTERM) must be allowed, got {other:?}"),
+    }
+    let status = sleeper.wait().expect("wait for sleep");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "the allowed tgkill went through");
 }

@@ -1,9 +1,7 @@
 //! A small x86-64 decoder for the instructions a process-mode guest may trap on: port I/O (the
 //! hypercalls) and the privileged instructions Solo5's hvt bindings execute at start and exit.
-//! It finds what the instruction is and how long it is. The trap handler acts on `out` (the
-//! hypercalls and the ring's kick) and names `in` in its error; the privileged instructions are
-//! recognised but not emulated yet (docs/PROCESS_MODE.md, Status), so a guest that executes one
-//! ends as on any other CPU exception. Everything else is `None`, and the trap is the guest's.
+//! It finds what the instruction is and how long it is; the trap handler (`trap.rs`) emulates
+//! it, or names `in` in its error. Everything else is `None`, and the trap is the guest's.
 
 /// Where an `in` or `out` takes its port from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +23,7 @@ pub enum Op {
     Wrmsr,
     /// `lgdt`, `lidt` (`0F 01 /2`, `/3`) and `ltr` (`0F 00 /3`).
     LoadDescriptorTable,
-    /// `mov` to a segment register (`8E /r`).
+    /// `mov` to SS, DS or ES (`8E /r`); FS, GS and CS are not Solo5's.
     MovToSegment,
     /// `lretq` (`REX.W CB`).
     FarReturn,
@@ -78,7 +76,8 @@ pub fn decode(code: &[u8]) -> Option<Insn> {
             (op, i)
         }
         0xCB if rex_w => (Op::FarReturn, i),
-        0x8E => (Op::MovToSegment, i + modrm_len(&code[i..])?),
+        // ES, SS and DS are 0, 2 and 3 in ModRM's reg field.
+        0x8E if matches!((*code.get(i)? >> 3) & 7, 0 | 2 | 3) => (Op::MovToSegment, i + modrm_len(&code[i..])?),
         0x0F => match *code.get(i)? {
             0x30 => (Op::Wrmsr, i + 1),
             0x01 | 0x00 => {
@@ -157,6 +156,9 @@ mod tests {
         // mov %eax, %ss; mov 8(%rsp), %ds (SIB and disp8)
         assert_eq!(op(&[0x8E, 0xD0]), Some((Op::MovToSegment, 2)));
         assert_eq!(op(&[0x8E, 0x5C, 0x24, 0x08]), Some((Op::MovToSegment, 4)));
+        assert_eq!(op(&[0x8E, 0xC0]), Some((Op::MovToSegment, 2)), "mov %eax, %es");
+        assert_eq!(op(&[0x8E, 0xE0]), None, "mov %eax, %fs is not on the list");
+        assert_eq!(op(&[0x8E, 0xE8]), None, "nor mov %eax, %gs");
         assert_eq!(op(&[0x48, 0xCB]), Some((Op::FarReturn, 2)));
         assert_eq!(op(&[0xCB]), None, "a 32-bit far return is not Solo5's");
     }

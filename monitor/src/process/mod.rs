@@ -8,12 +8,15 @@
 mod decode;
 mod scrub;
 mod trap;
+mod watchdog;
 
 pub use scrub::{ScrubError, scrub_args_and_env};
 
 use std::os::fd::RawFd;
 
 use guest_abi::BOOT_INFO_GPA;
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use tender_seccomp::Watchdog;
 
 use crate::hypercalls::Hypercalls;
 use crate::outcome::RunEnd;
@@ -34,6 +37,8 @@ pub enum ProcessError {
     AltStack(std::io::Error),
     #[error("--mode=process: cannot install the trap handler: {0}")]
     Handler(std::io::Error),
+    #[error("--mode=process: cannot start the watchdog: {0}")]
+    Watchdog(std::io::Error),
 }
 
 /// A guest to run on this thread.
@@ -45,6 +50,10 @@ pub struct ProcessGuest {
     pub tsc_hz: u64,
     /// The guest's RIP when the run ended (for messages).
     rip: u64,
+    /// The watchdog thread, once `arm` started it.
+    watchdog: Option<Watchdog>,
+    /// The guest's registers where the run ended.
+    last: trap::GuestState,
 }
 
 impl ProcessGuest {
@@ -53,13 +62,21 @@ impl ProcessGuest {
         if unsafe { libc::getauxval(libc::AT_HWCAP2) } & HWCAP2_FSGSBASE == 0 {
             return Err(ProcessError::NoFsgsbase);
         }
-        Ok(ProcessGuest { entry, stack: mem_size - 8, tsc_hz: calibrate_tsc(), rip: 0 })
+        Ok(ProcessGuest {
+            entry,
+            stack: mem_size - 8,
+            tsc_hz: calibrate_tsc(),
+            rip: 0,
+            watchdog: None,
+            last: Default::default(),
+        })
     }
 
-    /// Makes the alternate signal stack (with a guard page below it) and installs the handlers,
-    /// for every signal that may arrive on the guest's thread. Call after `signals::install`
-    /// (whose state the handlers share) and before the filter, which forbids both.
-    pub fn arm(&mut self) -> Result<(), ProcessError> {
+    /// Makes the alternate signal stack (with a guard page below it), installs the handlers,
+    /// for every signal that may arrive on the guest's thread, and starts the watchdog. Call
+    /// after `signals::install` (whose state the handlers share; `wake_fd` is its eventfd) and
+    /// before the filter, which forbids all three.
+    pub fn arm(&mut self, wake_fd: RawFd, timeout: Option<u64>) -> Result<(), ProcessError> {
         let len = ALT_STACK_SIZE + PAGE;
         let prot = libc::PROT_READ | libc::PROT_WRITE;
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK;
@@ -79,20 +96,62 @@ impl ProcessGuest {
         if unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) } != 0 {
             return Err(ProcessError::AltStack(std::io::Error::last_os_error()));
         }
-        trap::install().map_err(ProcessError::Handler)
+        trap::install().map_err(ProcessError::Handler)?;
+        self.watchdog = Some(watchdog::start(wake_fd, timeout).map_err(ProcessError::Watchdog)?);
+        Ok(())
+    }
+
+    /// What the filter must allow the watchdog, once started.
+    pub fn watchdog(&self) -> Option<Watchdog> {
+        self.watchdog
     }
 
     /// Runs the guest until a handler ends the run. `kick_fd` is the ring's kick eventfd, when a
     /// ring runs.
     pub fn run(&mut self, calls: &mut Hypercalls, kick_fd: Option<RawFd>, timeout: Option<u64>) -> RunEnd {
-        let (end, rip) = trap::run_guest(calls, kick_fd, timeout, self.entry, self.stack, BOOT_INFO_GPA);
+        let (end, rip, last) = trap::run_guest(calls, kick_fd, timeout, self.entry, self.stack, BOOT_INFO_GPA);
         self.rip = rip;
+        self.last = last;
         end
     }
 
     /// The guest's RIP when the run ended.
     pub fn rip(&self) -> u64 {
         self.rip
+    }
+
+    /// The guest's registers where the run ended, as KVM would give them (for a core dump):
+    /// the general registers from the signal context of the landing, the FS base the guest
+    /// had, CS and SS as Linux's user segments.
+    pub fn registers(&self) -> (kvm_regs, kvm_sregs) {
+        let g = |r: libc::c_int| self.last.gregs[r as usize] as u64;
+        let regs = kvm_regs {
+            rax: g(libc::REG_RAX),
+            rbx: g(libc::REG_RBX),
+            rcx: g(libc::REG_RCX),
+            rdx: g(libc::REG_RDX),
+            rsi: g(libc::REG_RSI),
+            rdi: g(libc::REG_RDI),
+            rsp: g(libc::REG_RSP),
+            rbp: g(libc::REG_RBP),
+            r8: g(libc::REG_R8),
+            r9: g(libc::REG_R9),
+            r10: g(libc::REG_R10),
+            r11: g(libc::REG_R11),
+            r12: g(libc::REG_R12),
+            r13: g(libc::REG_R13),
+            r14: g(libc::REG_R14),
+            r15: g(libc::REG_R15),
+            rip: g(libc::REG_RIP),
+            rflags: g(libc::REG_EFL),
+        };
+        let mut sregs = kvm_sregs::default();
+        // CSGSFS: CS in bits 0-15, SS in bits 48-63 (Linux 4.14 and later).
+        let csgsfs = g(libc::REG_CSGSFS);
+        sregs.cs.selector = csgsfs as u16;
+        sregs.ss.selector = (csgsfs >> 48) as u16;
+        sregs.fs.base = self.last.fs_base;
+        (regs, sregs)
     }
 }
 

@@ -5,7 +5,7 @@
 //! `tender_landing` on tender's saved stack, which returns from `tender_enter_guest`.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use guest_abi::{NET_RING_KICK_PORT, SOLO5_EXIT_ABORT, TrapFrame};
 
@@ -16,6 +16,11 @@ use crate::signals;
 
 /// tender's own FS base (its thread data), loaded by the prologue before any Rust code runs.
 static TENDER_FS: AtomicU64 = AtomicU64::new(0);
+/// The watchdog thread's FS base: a signal that interrupts the watchdog keeps it (`watchdog.rs`);
+/// until it runs, a non-canonical value no FS base can have.
+static WATCHDOG_FS: AtomicU64 = AtomicU64::new(u64::MAX);
+/// Set by the landing: the guest's thread is back in tender, which ends the process itself.
+static LANDED: AtomicBool = AtomicBool::new(false);
 /// tender's stack pointer inside `tender_enter_guest`, where a landing resumes.
 static SAVED_RSP: AtomicU64 = AtomicU64::new(0);
 /// Guest memory `[start, end)`: a signal that interrupts code there interrupted the guest.
@@ -34,6 +39,15 @@ struct Session<'a> {
     timeout: Option<u64>,
     end: Option<RunEnd>,
     rip: u64,
+    /// The guest's registers and FS base where the run ended (for a core dump).
+    last: GuestState,
+}
+
+/// The guest's general registers (as in a signal context) and FS base.
+#[derive(Clone, Copy, Default)]
+pub(super) struct GuestState {
+    pub gregs: Regs,
+    pub fs_base: u64,
 }
 
 unsafe extern "C" {
@@ -101,14 +115,18 @@ tender_landing:
     // Entered by the kernel on the alternate stack with RDI = signal, RSI = siginfo,
     // RDX = ucontext, RSP = 8 mod 16. The interrupted FS base is kept in the slot pushed here
     // (nested handlers each keep their own); the Rust handler gets the slot's address in RCX and
-    // may rewrite it to resume with another FS base.
+    // may rewrite it to resume with another FS base. On the watchdog's thread, whose FS base is
+    // its own, the FS base stays.
     .globl tender_signal_entry
     .type tender_signal_entry, @function
 tender_signal_entry:
     rdfsbase %rax
     push %rax
+    cmp {watchdog_fs}(%rip), %rax
+    je 1f
     mov {tender_fs}(%rip), %rax
     wrfsbase %rax
+1:
     mov %rsp, %rcx
     call {handler}
     pop %rax
@@ -119,6 +137,7 @@ tender_signal_entry:
     "#,
     saved_rsp = sym SAVED_RSP,
     tender_fs = sym TENDER_FS,
+    watchdog_fs = sym WATCHDOG_FS,
     handler = sym on_signal,
     options(att_syntax)
 );
@@ -148,8 +167,18 @@ pub(super) fn install() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs the guest at `entry` until a handler lands; returns how the run ended and the guest's
-/// last RIP.
+/// Records the watchdog thread's FS base (call on that thread).
+pub(super) fn set_watchdog_fs(fs: u64) {
+    WATCHDOG_FS.store(fs, Ordering::SeqCst);
+}
+
+/// Whether the guest's thread is back in tender (it then ends the run and the process itself).
+pub(super) fn landed() -> bool {
+    LANDED.load(Ordering::SeqCst)
+}
+
+/// Runs the guest at `entry` until a handler lands; returns how the run ended, the guest's last
+/// RIP, and its registers where the run ended.
 pub(super) fn run_guest(
     calls: &mut Hypercalls,
     kick_fd: Option<RawFd>,
@@ -157,10 +186,10 @@ pub(super) fn run_guest(
     entry: u64,
     stack: u64,
     boot_info: u64,
-) -> (RunEnd, u64) {
+) -> (RunEnd, u64, GuestState) {
     GUEST_START.store(calls.ram.base(), Ordering::SeqCst);
     GUEST_END.store(calls.ram.total(), Ordering::SeqCst);
-    let mut session = Session { calls, kick_fd, timeout, end: None, rip: entry };
+    let mut session = Session { calls, kick_fd, timeout, end: None, rip: entry, last: GuestState::default() };
     SESSION.store((&raw mut session).cast(), Ordering::SeqCst);
     // SAFETY: guest memory is mapped at `entry` and below `stack`; the guest comes back only
     // through a handler's landing, which restores every register tender's ABI needs and its FS
@@ -169,7 +198,7 @@ pub(super) fn run_guest(
     unsafe { tender_enter_guest(entry, stack, boot_info) };
     SESSION.store(std::ptr::null_mut(), Ordering::SeqCst);
     let end = session.end.take().unwrap_or_else(|| RunEnd::HostError("the guest left without an outcome".into()));
-    (end, session.rip)
+    (end, session.rip, session.last)
 }
 
 /// Every signal on the guest's thread, with tender's FS base loaded. `fs_slot` holds the FS
@@ -206,7 +235,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
     session.rip = rip;
     // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
     let si_code = unsafe { (*info).si_code };
-    let end = match trap(session, ctx, sig, si_code, in_guest) {
+    let end = match trap(session, ctx, sig, si_code, in_guest, fs_slot) {
         Some(end) => end,
         None => return,
     };
@@ -220,37 +249,28 @@ fn trap(
     sig: libc::c_int,
     si_code: libc::c_int,
     in_guest: bool,
+    fs_slot: *mut u64,
 ) -> Option<RunEnd> {
     if let Some(pending) = signals::pending() {
         return Some(RunEnd::from_signal(pending, session.timeout));
     }
     let regs = &mut ctx.uc_mcontext.gregs;
     let rip = regs[libc::REG_RIP as usize] as u64;
-    // An `out` raises #GP, which Linux delivers as SIGSEGV with SI_KERNEL.
+    // A privileged instruction or an `out` raises #GP, which Linux delivers as SIGSEGV with
+    // SI_KERNEL.
     if sig == libc::SIGSEGV && si_code == libc::SI_KERNEL && in_guest {
         let mut code = [0u8; decode::MAX_LEN];
         let n = session.calls.ram.read_code(rip, &mut code);
-        match decode::decode(&code[..n]) {
-            Some(Insn { op: Op::Out { port, size }, len }) => {
-                let port = match port {
-                    Port::Dx => regs[libc::REG_RDX as usize] as u16,
-                    Port::Imm(p) => u16::from(p),
-                };
-                let value = (regs[libc::REG_RAX as usize] as u32).to_le_bytes();
-                let end = out(session, port, &value[..size]);
-                if end.is_none() {
-                    regs[libc::REG_RIP as usize] += len as i64;
+        if let Some(insn) = decode::decode(&code[..n]) {
+            match emulate(session, regs, insn, fs_slot) {
+                Emulated::Resume => {
+                    regs[libc::REG_RIP as usize] = regs[libc::REG_RIP as usize].wrapping_add(insn.len as i64);
+                    return None;
                 }
-                return end;
+                Emulated::Jumped => return None,
+                Emulated::End(end) => return Some(end),
+                Emulated::Fault => {}
             }
-            Some(Insn { op: Op::In { port, size }, .. }) => {
-                let port = match port {
-                    Port::Dx => regs[libc::REG_RDX as usize] as u16,
-                    Port::Imm(p) => u16::from(p),
-                };
-                return Some(RunEnd::GuestError { error: GuestError::Port { port, size, direction: "in" }, rip });
-            }
-            _ => {}
         }
     }
     // A CPU exception: the run ends as a guest-rt abort on one does under KVM.
@@ -261,10 +281,82 @@ fn trap(
         cs: ctx.uc_mcontext.gregs[libc::REG_CSGSFS as usize] as u64 & 0xffff,
         rflags: ctx.uc_mcontext.gregs[libc::REG_EFL as usize] as u64,
         rsp: ctx.uc_mcontext.gregs[libc::REG_RSP as usize] as u64,
-        ss: 0,
+        // CSGSFS holds SS in its top 16 bits (Linux 4.14 and later).
+        ss: ctx.uc_mcontext.gregs[libc::REG_CSGSFS as usize] as u64 >> 48,
     };
     let vector = ctx.uc_mcontext.gregs[libc::REG_TRAPNO as usize] as u64;
     Some(RunEnd::Halted { status: SOLO5_EXIT_ABORT, trap: Some(Trap { frame, vector: Some(vector) }) })
+}
+
+/// The general registers of a signal context.
+type Regs = [libc::greg_t; 23];
+
+/// What [`emulate`] did.
+enum Emulated {
+    /// Resume after the instruction.
+    Resume,
+    /// Resume where the instruction went (RIP already set).
+    Jumped,
+    /// The run ends.
+    End(RunEnd),
+    /// The instruction faults as it would at CPL 0: the guest's CPU exception.
+    Fault,
+}
+
+/// `IA32_FS_BASE`, the only MSR a guest may write.
+const MSR_FS_BASE: u32 = 0xC000_0100;
+/// What `lretq` pops: RIP, then CS (not used: the process has one code segment).
+const FAR_RETURN_FRAME: u64 = 16;
+
+/// Emulates `insn`, which trapped at the guest's RIP: `out` (hypercalls and the ring's kick),
+/// `in` (refused), and the privileged instructions of Solo5's start and exit
+/// (docs/PROCESS_MODE.md, Solo5 guests). `fs_slot` is the FS base the guest resumes with.
+fn emulate(session: &mut Session<'_>, regs: &mut Regs, insn: Insn, fs_slot: *mut u64) -> Emulated {
+    let port_of = |port: Port, regs: &Regs| match port {
+        Port::Dx => regs[libc::REG_RDX as usize] as u16,
+        Port::Imm(p) => u16::from(p),
+    };
+    match insn.op {
+        Op::Out { port, size } => {
+            let port = port_of(port, regs);
+            let value = (regs[libc::REG_RAX as usize] as u32).to_le_bytes();
+            match out(session, port, &value[..size]) {
+                None => Emulated::Resume,
+                Some(end) => Emulated::End(end),
+            }
+        }
+        Op::In { port, size } => {
+            let error = GuestError::Port { port: port_of(port, regs), size, direction: "in" };
+            Emulated::End(RunEnd::GuestError { error, rip: session.rip })
+        }
+        Op::Wrmsr => {
+            let value = (regs[libc::REG_RDX as usize] as u64) << 32 | u64::from(regs[libc::REG_RAX as usize] as u32);
+            // A non-canonical base is a #GP under KVM too (and `wrfsbase` would fault on the
+            // way out of the handler).
+            let canonical = ((value << 16) as i64 >> 16) as u64 == value;
+            if regs[libc::REG_RCX as usize] as u32 != MSR_FS_BASE || !canonical {
+                return Emulated::Fault;
+            }
+            // SAFETY: `fs_slot` is the prologue's slot on this handler's stack frame.
+            unsafe { fs_slot.write(value) };
+            Emulated::Resume
+        }
+        Op::LoadDescriptorTable | Op::MovToSegment => Emulated::Resume,
+        Op::FarReturn => {
+            // Pop RIP and CS (ignored) from the guest's stack, which must lie in guest memory.
+            let rsp = regs[libc::REG_RSP as usize] as u64;
+            let mut frame = [0u8; FAR_RETURN_FRAME as usize];
+            let read = session.calls.ram.slice(rsp, FAR_RETURN_FRAME).map(|s| s.copy_to(&mut frame[..]));
+            if !matches!(read, Ok(n) if n == frame.len()) {
+                return Emulated::Fault;
+            }
+            let mut target = [0u8; 8];
+            target.copy_from_slice(&frame[..8]);
+            regs[libc::REG_RIP as usize] = u64::from_le_bytes(target) as i64;
+            regs[libc::REG_RSP as usize] = (rsp + FAR_RETURN_FRAME) as i64;
+            Emulated::Jumped
+        }
+    }
 }
 
 /// An `out` of `data` to `port`: the ring's kick, or a hypercall through the same dispatch as
@@ -296,6 +388,9 @@ fn out(session: &mut Session<'_>, port: u16, data: &[u8]) -> Option<RunEnd> {
 /// base and no signal blocked.
 fn land(session: &mut Session<'_>, ctx: &mut libc::ucontext_t, fs_slot: *mut u64, end: RunEnd) {
     session.end = Some(end);
+    LANDED.store(true, Ordering::SeqCst);
+    // SAFETY: `fs_slot` is the prologue's slot on this handler's stack frame.
+    session.last = GuestState { gregs: ctx.uc_mcontext.gregs, fs_base: unsafe { fs_slot.read() } };
     let regs = &mut ctx.uc_mcontext.gregs;
     regs[libc::REG_RIP as usize] = tender_landing as *const () as usize as i64;
     regs[libc::REG_RSP as usize] = SAVED_RSP.load(Ordering::SeqCst) as i64;
