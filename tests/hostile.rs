@@ -62,6 +62,8 @@
 //! | net `ring-read-into-text` | net ring read into .text | refused: `ring: … (write to memory outside the guest's writable RAM)` |
 //! | net `ring-index-jump`, `ring-index-behind` | `ent_tail` 5000 ahead of the head; one behind it | refused: `ring: ent_tail=… is more than 1024 entries ahead of ent_head=…` |
 //! | net `ring-bad-entries` | reads and writes on handles 0, 2, 63, 64, 2^32 − 1; operations 0 and 2^32 − 1; writes of 0, 13, MTU + 15 bytes | reads answered EINVAL, the rest dropped; every entry taken, answered |
+//! | net `ring-read-waiting-into-text` | a waiting read (`TENDER_FEATURE_WAIT_READ`, wait 2^64 − 1 ns) into .text | refused as any read: `ring: invalid guest access` |
+//! | net `ring-wait-forever` | 100 waiting reads, each asking to wait 2^64 − 1 ns | each answered (AGAIN once tender's 1 ms cap is over, or a frame), answered |
 //! | net `ring-forged-host-indices` | the guest overwrites `ent_head` and `com_tail` (the host's), then posts a read | the tender keeps its own indices: `com_tail=1` and an ordinary answer (AGAIN, or a frame if the host's network stack sent one), answered |
 //! | net `ring-kick-storm` | 10,000 kicks of port 0x600 | nothing happens (KVM counts them on the eventfd), answered |
 //! | net `ring-kick-byte` | `outb` to the kick port (the ioeventfd is registered for 4-byte writes, as in solo5-hvt) | refused: `port=0x600, size=1` |
@@ -663,6 +665,8 @@ fn net_attacks() {
         ("ring-read-huge", Refused(&["tender: ring: invalid guest access: gpa=", ", size=4294967295, rip="])),
         ("ring-read-into-ring", Refused(&["tender: ring: invalid guest access: gpa=0x2000000, size=1514, rip="])),
         ("ring-read-into-text", Refused(&["tender: ring: invalid guest access: gpa=0x10"])),
+        ("ring-read-waiting-into-text", Refused(&["tender: ring: invalid guest access: gpa=0x10"])),
+        ("ring-wait-forever", Answered(&["hostile-net: 100 waiting reads answered\n"])),
         (
             "ring-index-jump",
             Refused(&["tender: ring: ent_tail=0x1388 is more than 1024 entries ahead of ent_head=0x0"]),

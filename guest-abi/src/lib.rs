@@ -225,6 +225,17 @@ pub const TENDER_FEATURE_PROCESS: u32 = 1 << 30;
 /// CPL 3 code can be debugged through its own #BP and #DB handlers.
 pub const TENDER_FEATURE_DEBUG: u32 = 1 << 29;
 
+/// `host_features` bit, a tender extension (solo5-hvt never sets it): a NET_READ entry may ask
+/// the host to wait for a frame. Its `offset` (reserved in Solo5's ring) is then the longest
+/// wait in nanoseconds: a host thread that finds the tap empty sleeps until a frame arrives
+/// (then reads it into the buffer and commits OK) or the wait is over (then commits AGAIN),
+/// instead of committing AGAIN at once. The host caps the wait ([`NET_RING_WAIT_MAX_NS`]) and
+/// may end it early (with AGAIN); 0 asks for no wait. A guest that busy-polls for a frame thus
+/// posts one read and watches for its commit, with no exit and no second CPU kept busy.
+pub const TENDER_FEATURE_WAIT_READ: u32 = 1 << 28;
+/// The longest wait a NET_READ entry gets with [`TENDER_FEATURE_WAIT_READ`].
+pub const NET_RING_WAIT_MAX_NS: u64 = 1_000_000;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BootInfo {
@@ -505,7 +516,8 @@ pub struct NetRingEntry {
     pub data: u64,
     pub len: u32,
     pub id: u32,
-    /// Byte offset on the device for the block operations (a tender extension); reserved in
+    /// Byte offset on the device for the block operations (a tender extension); for NET_READ
+    /// with [`TENDER_FEATURE_WAIT_READ`], the longest wait for a frame in ns; reserved in
     /// Solo5's ring.
     pub offset: u64,
 }

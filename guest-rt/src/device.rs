@@ -265,9 +265,10 @@ impl NetDevice {
 
     /// Receives one frame through the shared ring even when the tender's I/O thread sleeps
     /// (the post wakes it): a busy-poll's look, which costs no exit while the thread is awake.
-    /// `None` when the ring is not in use.
-    pub(crate) fn recv_through_ring(&self, buf: &mut [u8]) -> Option<Result<usize, Error>> {
-        crate::ring::recv_posted(self.handle, buf).map(|(code, len)| result(code).map(|()| len))
+    /// A tender that offers waiting reads holds the read up to `wait_ns` for a frame to arrive
+    /// (see `ring::recv_posted`). `None` when the ring is not in use.
+    pub(crate) fn recv_through_ring(&self, buf: &mut [u8], wait_ns: u64) -> Option<Result<usize, Error>> {
+        crate::ring::recv_posted(self.handle, buf, wait_ns).map(|(code, len)| result(code).map(|()| len))
     }
 }
 

@@ -16,8 +16,13 @@
 //! [`BlockDevice`](crate::BlockDevice) posts its requests here too, straight from the caller's
 //! buffer, and spins for the commit as a receive does.
 //!
+//! When the tender offers `TENDER_FEATURE_WAIT_READ` (tender does), a busy-poll for the next
+//! frame ([`recv_posted`] with a wait) posts one read that the tender's thread holds until a
+//! frame arrives or the wait is over, and watches for its commit meanwhile: the thread sleeps in
+//! the kernel instead of answering AGAIN to read after read on a second CPU.
+//!
 //! The same code runs on solo5-hvt, which implements the net ring only: block requests then
-//! use the hypercalls.
+//! use the hypercalls, and reads are answered at once.
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
@@ -26,7 +31,7 @@ use guest_abi::{
     HVT_FEATURE_RING_IO, NET_RING_COM_HEAD, NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD,
     NET_RING_ENT_TAIL, NET_RING_ENTRIES, NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK,
     NET_RING_OP_READ, NET_RING_OP_WRITE, NET_RING_SLOT_SIZE, NetRingCommit, NetRingEntry, RING_OP_BLOCK_READ,
-    RING_OP_BLOCK_WRITE, TENDER_FEATURE_BLOCK_RING,
+    RING_OP_BLOCK_WRITE, TENDER_FEATURE_BLOCK_RING, TENDER_FEATURE_WAIT_READ,
 };
 
 use crate::boot::boot_info;
@@ -48,8 +53,8 @@ pub const SPIN_NS: u64 = 50_000;
 pub const WAIT_FIRST_NS: u64 = 50_000;
 pub const WAIT_MAX_NS: u64 = 1_000_000;
 
-/// Waits until `done()`: spins for [`SPIN_NS`], then sleeps in POLL between looks.
-fn wait_until(mut done: impl FnMut() -> bool) {
+/// Waits until `done()`: spins for `spin_ns`, then sleeps in POLL between looks.
+fn wait_until(spin_ns: u64, mut done: impl FnMut() -> bool) {
     let start = crate::monotonic_ns();
     loop {
         for _ in 0..64 {
@@ -58,7 +63,7 @@ fn wait_until(mut done: impl FnMut() -> bool) {
             }
             core::hint::spin_loop();
         }
-        if crate::monotonic_ns().wrapping_sub(start) > SPIN_NS {
+        if crate::monotonic_ns().wrapping_sub(start) > spin_ns {
             break;
         }
     }
@@ -140,7 +145,7 @@ impl Ring {
     /// Room for one more entry (`limit` entries in flight at most).
     fn wait_for_room(self, limit: u32) -> u32 {
         let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
-        wait_until(|| tail.wrapping_sub(self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire)) < limit - 1);
+        wait_until(SPIN_NS, || tail.wrapping_sub(self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire)) < limit - 1);
         tail
     }
 
@@ -163,15 +168,15 @@ impl Ring {
         }
     }
 
-    /// Posts `entry`, which the tender answers with a commit, and waits for that commit. guest-rt
-    /// has one such entry in flight at a time (one vCPU, no threads); commits with another id
-    /// (code driving the ring itself) are passed over.
-    fn call(self, entry: NetRingEntry) -> NetRingCommit {
+    /// Posts `entry`, which the tender answers with a commit, and waits for that commit, spinning
+    /// for `spin_ns` before it sleeps. guest-rt has one such entry in flight at a time (one vCPU,
+    /// no threads); commits with another id (code driving the ring itself) are passed over.
+    fn call(self, entry: NetRingEntry, spin_ns: u64) -> NetRingCommit {
         let tail = self.wait_for_room(NET_RING_ENTRIES);
         self.post(tail, entry);
         loop {
             let head = self.index(NET_RING_COM_HEAD).load(Ordering::Relaxed);
-            wait_until(|| self.index(NET_RING_COM_TAIL).load(Ordering::Acquire) != head);
+            wait_until(spin_ns, || self.index(NET_RING_COM_TAIL).load(Ordering::Acquire) != head);
             let at = NET_RING_COMMITS_OFFSET + (head % NET_RING_ENTRIES) as usize * size_of::<NetRingCommit>();
             // SAFETY: inside the ring; the tender wrote this commit before its release store of
             // `com_tail`, which the acquire load above saw.
@@ -195,7 +200,7 @@ impl Ring {
     /// Waits until the tender has carried out every posted entry.
     fn drain(self) {
         let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
-        wait_until(|| self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire) == tail);
+        wait_until(SPIN_NS, || self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire) == tail);
     }
 }
 
@@ -264,23 +269,32 @@ pub(crate) fn recv(handle: u64, buf: &mut [u8]) -> Option<(i32, usize)> {
         BY_CALL.store(streak, Ordering::Relaxed);
         return Some((code, len));
     }
-    recv_posted(handle, buf)
+    recv_posted(handle, buf, 0)
 }
 
 /// Receives one frame for device `handle` into `buf` by posting a read, whether the tender's
-/// thread is awake or not; `None` when there is no ring.
-pub(crate) fn recv_posted(handle: u64, buf: &mut [u8]) -> Option<(i32, usize)> {
+/// thread is awake or not; `None` when there is no ring. When the tender offers waiting reads
+/// (`TENDER_FEATURE_WAIT_READ`), a `wait_ns` above 0 asks its thread to wait that long for a
+/// frame before it answers AGAIN: the thread sleeps in the kernel meanwhile, and the guest
+/// watches for the commit (memory reads, no exit) for as long, then sleeps in POLL as any wait
+/// for the thread does. Without them the read is answered at once.
+pub(crate) fn recv_posted(handle: u64, buf: &mut [u8], wait_ns: u64) -> Option<(i32, usize)> {
     let ring = ring()?;
     BY_CALL.store(BURST, Ordering::Relaxed);
+    let wait_ns = if boot_info().host_features & TENDER_FEATURE_WAIT_READ != 0 {
+        wait_ns.min(guest_abi::NET_RING_WAIT_MAX_NS)
+    } else {
+        0
+    };
     let entry = NetRingEntry {
         operation: NET_RING_OP_READ,
         handle: handle as u32,
         data: buf.as_mut_ptr() as u64,
         len: u32::try_from(buf.len()).unwrap_or(u32::MAX),
         id: next_id(),
-        offset: 0,
+        offset: wait_ns,
     };
-    let commit = ring.call(entry);
+    let commit = ring.call(entry, SPIN_NS.saturating_add(wait_ns));
     Some((commit.ret, (commit.len as usize).min(buf.len())))
 }
 
@@ -297,5 +311,5 @@ pub(crate) fn block(handle: u64, read: bool, offset: u64, data: u64, len: usize)
         id: next_id(),
         offset,
     };
-    Some(ring.call(entry).ret)
+    Some(ring.call(entry, SPIN_NS).ret)
 }

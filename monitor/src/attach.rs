@@ -110,9 +110,10 @@ pub fn memory_layout(mem: u64, has_net: bool, has_block: bool) -> (u64, u64) {
     }
 }
 
-/// `host_features` for a running ring: Solo5's bit with a net device, tender's with a block one.
+/// `host_features` for a running ring: Solo5's bit (and tender's waiting reads) with a net
+/// device, tender's block bit with a block one.
 pub fn ring_features(has_net: bool, has_block: bool) -> u32 {
-    let net = if has_net { guest_abi::HVT_FEATURE_RING_IO } else { 0 };
+    let net = if has_net { guest_abi::HVT_FEATURE_RING_IO | guest_abi::TENDER_FEATURE_WAIT_READ } else { 0 };
     let block = if has_block { guest_abi::TENDER_FEATURE_BLOCK_RING } else { 0 };
     net | block
 }

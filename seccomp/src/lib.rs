@@ -92,7 +92,8 @@ pub struct Allowlist {
     /// The poll timer: `timerfd_settime`.
     pub timer_fd: Option<RawFd>,
     /// The shared ring's kick eventfd: `read` (the I/O thread sleeps on it) and `write` (the vCPU
-    /// thread wakes it to stop it).
+    /// thread wakes it to stop it). With it, the I/O thread may also `ppoll` two fds (a tap and
+    /// this eventfd) without a signal mask: a read that waits for a frame.
     pub ring_kick_fd: Option<RawFd>,
     /// The eventfd the ring's thread writes when it consumed entries while the guest waited for
     /// it in POLL: `write`.
@@ -239,6 +240,11 @@ impl Allowlist {
             add(libc::SYS_recvfrom, fds(&[fd]));
         }
         add(libc::SYS_read, fds(&readable));
+        if self.ring_kick_fd.is_some() {
+            // ppoll's fds are in memory, out of the filter's sight: the count (a tap and the kick
+            // eventfd) and the absent signal mask are what can be checked; it only waits.
+            add(libc::SYS_ppoll, vec![rule(vec![cond(1, SeccompCmpOp::Eq, 2), cond(3, SeccompCmpOp::Eq, 0)])]);
+        }
         if let Some(pid) = self.ring_fault_pid {
             let own_usr1 =
                 rule(vec![cond(0, SeccompCmpOp::Eq, u64::from(pid)), cond(1, SeccompCmpOp::Eq, libc::SIGUSR1 as u64)]);

@@ -237,6 +237,44 @@ fn ring_kick_fd_is_readable_and_writable() {
     }
 }
 
+fn ppoll_two(sigmask: bool) -> i64 {
+    let mut fds = [libc::pollfd { fd: 2, events: 0, revents: 0 }, libc::pollfd { fd: 1, events: 0, revents: 0 }];
+    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mask = [0u64; 1];
+    let mask_ptr = if sigmask { mask.as_ptr() } else { std::ptr::null() };
+    // SAFETY: ppoll of two pollfds of ours with a zero timeout; the mask, if any, is 8 bytes.
+    unsafe { libc::syscall(libc::SYS_ppoll, fds.as_mut_ptr(), 2, &zero, mask_ptr, 8) }
+}
+
+fn ppoll_three() -> i64 {
+    let mut fds = [libc::pollfd { fd: 2, events: 0, revents: 0 }; 3];
+    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: as above, three pollfds, no mask.
+    unsafe { libc::syscall(libc::SYS_ppoll, fds.as_mut_ptr(), 3, &zero, std::ptr::null::<u64>(), 8) }
+}
+
+fn ppoll_plain() -> i64 {
+    ppoll_two(false)
+}
+
+fn ppoll_with_mask() -> i64 {
+    ppoll_two(true)
+}
+
+/// With a ring, its thread may `ppoll` two fds (a tap and the kick eventfd: a waiting read)
+/// without a signal mask, and nothing else; without a ring not at all.
+#[test]
+fn ppoll_only_two_fds_without_a_mask_with_a_ring() {
+    let allow = Allowlist { ring_kick_fd: Some(42), ..base() };
+    match in_sandbox(&allow, Mode::Kill, ppoll_plain) {
+        WaitStatus::Exited(_, 1) => {}
+        other => panic!("ppoll of two fds must be allowed with a ring, got {other:?}"),
+    }
+    assert!(killed_by_sigsys(in_sandbox(&allow, Mode::Kill, ppoll_with_mask)), "a signal mask");
+    assert!(killed_by_sigsys(in_sandbox(&allow, Mode::Kill, ppoll_three)), "three fds");
+    assert!(killed_by_sigsys(in_sandbox(&base(), Mode::Kill, ppoll_plain)), "no ring, no ppoll");
+}
+
 /// Calls system call `NR` with a path in every argument that may hold one (fds -100, AT_FDCWD,
 /// in between): whatever the call, the filter must decide before the kernel reads a path.
 fn path_call<const NR: libc::c_long>() -> i64 {

@@ -70,8 +70,10 @@ const MAX_SLEEP_NS: u64 = 10_000_000_000;
 /// bound by POLL's exit and its return (docs/PERFORMANCE.md, "Latency of one request at a
 /// time"); a client's next request that arrives within the spin is read through the ring with no
 /// exit. The window adapts below this ceiling (`spin.rs`): it grows only while frames come
-/// soon enough for it to catch them. A spin costs its length in CPU on the vCPU and on the
-/// tender's ring thread, which answers the reads; ARP, pings and other broadcasts never start
+/// soon enough for it to catch them. A spin costs its length in CPU on the vCPU. Under tender,
+/// which offers waiting reads (`TENDER_FEATURE_WAIT_READ`), the spin is one read that tender's
+/// ring thread holds, asleep in the kernel, until a frame arrives; under solo5-hvt the thread
+/// answers read after read and costs as much again. ARP, pings and other broadcasts never start
 /// one, so an idle service never spins.
 pub const POLL_SPIN_DEFAULT_US: u64 = 100;
 pub const POLL_SPIN_MAX_US: u64 = 1000;

@@ -76,10 +76,13 @@ impl Phy {
 
     /// Receives through the ring, again and again, until a frame comes or the monotonic clock
     /// reaches `until_ns`; true when a frame is held for the next receive. False at once without
-    /// a ring: each look would be an exit.
+    /// a ring: each look would be an exit. Each look asks the tender to wait for a frame until
+    /// `until_ns` (a waiting read, when tender offers it): then one read is in flight and
+    /// tender's thread sleeps in the kernel, instead of answering reads as fast as they come.
     pub(crate) fn spin_for_frame(&mut self, until_ns: u64) -> bool {
         loop {
-            match self.nic.recv_through_ring(&mut self.rx) {
+            let wait_ns = until_ns.saturating_sub(crate::monotonic_ns());
+            match self.nic.recv_through_ring(&mut self.rx, wait_ns) {
                 Some(Ok(len)) => {
                     self.held = Some(len);
                     return true;

@@ -104,6 +104,11 @@ impl TapIo {
         TapIo { fd, mtu, filter: None }
     }
 
+    /// The tap's fd, for a thread that waits for it to become readable.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd
+    }
+
     /// NET_WRITE: one frame of `len` bytes at `data` in guest memory to the tap. Returns the
     /// result code for the guest: a frame the tap refuses (the interface is down, the kernel is
     /// short of memory) is dropped, as a NIC would; a tap that is gone ends the run.

@@ -71,6 +71,23 @@ fn ring_attack(attack: &str, ring: RawRing, h: u64, p: u64, mem: u64, max: u64) 
         "ring-read-huge" => ring.post(&[entry(read, h, p, u32::MAX)]),
         "ring-read-into-text" => ring.post(&[entry(read, h, main as fn() -> i32 as usize as u64, 1514)]),
         "ring-read-into-ring" => ring.post(&[entry(read, h, ring.0, 1514)]),
+        // A waiting read (tender's TENDER_FEATURE_WAIT_READ) is checked like any read.
+        "ring-read-waiting-into-text" => {
+            ring.post(&[NetRingEntry { offset: u64::MAX, ..entry(read, h, main as fn() -> i32 as usize as u64, 1514) }])
+        }
+        // Waiting reads that ask to wait ~584 years: each is answered (AGAIN once tender's cap is
+        // over, or a frame the host's network stack sent).
+        "ring-wait-forever" => {
+            for _ in 0..100 {
+                let Some(c) = ring.call(NetRingEntry { offset: u64::MAX, ..entry(read, h, p, 1514) }) else {
+                    return 6;
+                };
+                if c.ret != 0 && c.ret != 1 {
+                    println!("hostile-net: waiting read ret={}", c.ret);
+                }
+            }
+            println!("hostile-net: 100 waiting reads answered");
+        }
         // The tail a whole ring and more ahead of the head.
         "ring-index-jump" => ring.publish(ring.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed).wrapping_add(5000)),
         "ring-index-behind" => ring.publish(ring.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed).wrapping_sub(1)),

@@ -24,6 +24,13 @@
 //! thread records what happened, stops, and sends SIGUSR1 to the process, which interrupts the
 //! vCPU (see `signals`).
 //!
+//! With `TENDER_FEATURE_WAIT_READ` (tender's extension) a NET_READ entry may ask the thread to
+//! wait for a frame (its `offset` is the longest wait): the thread then sleeps in `ppoll` on the
+//! tap and its kick eventfd until a frame arrives, the wait (capped at
+//! [`NET_RING_WAIT_MAX_NS`]) is over, or it is kicked (told to stop), and only then commits. A
+//! guest busy-polling for a reply thus keeps one CPU busy (its own), not two, and the frame
+//! reaches it without an exit. The thread waits only when that read is the last entry posted.
+//!
 //! When the vCPU has stopped, the thread makes one last pass so that frames posted just before
 //! HALT still leave. That pass skips block requests: the guest never saw their commits, so, as
 //! after a power cut, they may or may not have happened, and skipping them keeps the end of a
@@ -36,8 +43,8 @@ use std::time::{Duration, Instant};
 use guest_abi::{
     NET_RING_COM_HEAD, NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD, NET_RING_ENT_TAIL,
     NET_RING_ENTRIES, NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK, NET_RING_OP_READ,
-    NET_RING_OP_WRITE, NET_RING_SIZE, NetRingCommit, NetRingEntry, RING_OP_BLOCK_READ, RING_OP_BLOCK_WRITE,
-    SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK,
+    NET_RING_OP_WRITE, NET_RING_SIZE, NET_RING_WAIT_MAX_NS, NetRingCommit, NetRingEntry, RING_OP_BLOCK_READ,
+    RING_OP_BLOCK_WRITE, SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK,
 };
 use kvm_bindings::{KVMIO, kvm_ioeventfd, kvm_ioeventfd_flag_nr_pio};
 use kvm_ioctls::VmFd;
@@ -363,8 +370,8 @@ fn io_thread(ram: &GuestRam, gpa: u64, targets: &[Target], shared: &Shared, kick
     let ring = ram.inner().get_slice(GuestAddress(gpa), NET_RING_SIZE);
     shared.ready.store(if ring.is_ok() { 1 } else { 2 }, Ordering::Release);
     if let Ok(ring) = ring {
-        let mut worker = Worker { ring, ram, targets, shared, spin, ent_head: 0, com_tail: 0 };
-        worker.serve(kick);
+        let mut worker = Worker { ring, ram, targets, shared, kick, spin, ent_head: 0, com_tail: 0 };
+        worker.serve();
     }
     shared.stopped.store(true, Ordering::Release);
     // Parked for good: the process ends with exit_group, which takes this thread along.
@@ -385,6 +392,8 @@ struct Worker<'a> {
     ram: &'a GuestRam,
     targets: &'a [Target],
     shared: &'a Shared,
+    /// Wakes the thread: the guest's kick, or [`Ring::stop`].
+    kick: &'a EventFd,
     /// How long to look at an empty ring before sleeping (`--ring-spin`).
     spin: Duration,
     /// The host's indices. The copies in the ring are for the guest to read; the guest could
@@ -394,12 +403,12 @@ struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    fn serve(&mut self, kick: &EventFd) {
+    fn serve(&mut self) {
         // No spinning before the guest has posted anything: the vCPU thread is still setting
         // up the VM, and on a small host the spinning would slow it down.
         let mut spin = false;
         loop {
-            let served = match self.wait_for_work(kick, spin) {
+            let served = match self.wait_for_work(spin) {
                 Ok(true) => self.process(Pass::Serving),
                 Ok(false) => break,
                 Err(fault) => Err(fault),
@@ -433,7 +442,7 @@ impl Worker<'_> {
 
     /// Spins for up to `self.spin` (if `spin`, and only while the guest is not in POLL), then
     /// asks for a kick and sleeps. False once told to stop.
-    fn wait_for_work(&self, kick: &EventFd, spin: bool) -> Result<bool, RingFault> {
+    fn wait_for_work(&self, spin: bool) -> Result<bool, RingFault> {
         loop {
             let deadline = (spin && !self.spin.is_zero()).then(|| Instant::now() + self.spin);
             while deadline.is_some_and(|d| Instant::now() < d) && !self.shared.vcpu_polling.load(Ordering::Relaxed) {
@@ -455,7 +464,7 @@ impl Worker<'_> {
             // needs_kick", so that one side always sees the other's store.
             fence(Ordering::SeqCst);
             if !self.pending() && !self.shared.stop.load(Ordering::Acquire) {
-                kick.read().map_err(|e| RingFault::Kick { errno: e.raw_os_error().unwrap_or(libc::EIO) })?;
+                self.kick.read().map_err(|e| RingFault::Kick { errno: e.raw_os_error().unwrap_or(libc::EIO) })?;
             }
             self.store(NET_RING_NEEDS_KICK, 0);
             if self.pending() {
@@ -512,7 +521,11 @@ impl Worker<'_> {
                 }
                 (NET_RING_OP_READ, Target::Net(tap)) => {
                     // The ring answers OK, AGAIN or EINVAL (ABI section 9), never EUNSPEC.
-                    let (ret, got) = match tap.read(self.ram, data, len).map_err(fault)? {
+                    let mut answer = tap.read(self.ram, data, len).map_err(fault)?;
+                    if answer.0 == SOLO5_R_AGAIN && entry.offset != 0 && self.may_wait(pass) {
+                        answer = self.wait_for_frame(tap, entry.offset, data, len).map_err(fault)?;
+                    }
+                    let (ret, got) = match answer {
                         (SOLO5_R_EUNSPEC, _) => (SOLO5_R_EINVAL, 0),
                         answer => answer,
                     };
@@ -535,6 +548,51 @@ impl Worker<'_> {
         }
         self.store(NET_RING_ENT_HEAD, self.ent_head);
         Ok(())
+    }
+
+    /// Whether the read at `ent_head` may wait for a frame: while serving, not told to stop, and
+    /// with nothing posted after it (which the wait would hold up).
+    fn may_wait(&self, pass: Pass) -> bool {
+        pass == Pass::Serving
+            && !self.shared.stop.load(Ordering::Acquire)
+            && self.load(NET_RING_ENT_TAIL) == self.ent_head.wrapping_add(1)
+    }
+
+    /// A waiting read (`TENDER_FEATURE_WAIT_READ`) that found the tap empty: sleeps in `ppoll`
+    /// on the tap and the kick eventfd for at most `wait_ns` (capped at
+    /// [`NET_RING_WAIT_MAX_NS`]), and reads again whenever the tap is readable. Ends with
+    /// AGAIN when the time is up or on a kick (a stop, or a guest that kicks for nothing: it
+    /// only shortens its own wait); the kick is left for [`Worker::wait_for_work`] to take.
+    fn wait_for_frame(&self, tap: &TapIo, wait_ns: u64, data: u64, len: u64) -> Result<(i32, u64), IoError> {
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + Duration::from_nanos(wait_ns.min(NET_RING_WAIT_MAX_NS));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok((SOLO5_R_AGAIN, 0));
+            }
+            let mut fds = [
+                libc::pollfd { fd: tap.raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.kick.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            let timeout =
+                libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos().into() };
+            // SAFETY: ppoll(2) on two pollfds of ours (it writes their `revents`), a timespec of
+            // ours, and no signal mask (this thread blocks every signal anyway).
+            let n = unsafe {
+                libc::syscall(libc::SYS_ppoll, fds.as_mut_ptr(), fds.len(), &timeout, std::ptr::null::<u8>(), 0usize)
+            };
+            if n < 0 || fds[1].revents != 0 {
+                return Ok((SOLO5_R_AGAIN, 0));
+            }
+            if fds[0].revents != 0 {
+                let answer = tap.read(self.ram, data, len)?;
+                // AGAIN: the tap's filter dropped the frame; wait on.
+                if answer.0 != SOLO5_R_AGAIN {
+                    return Ok(answer);
+                }
+            }
+        }
     }
 
     /// Answers `entry` (consumed) with a commit, and counts it if it succeeded.

@@ -20,6 +20,7 @@ struct Rig {
     shared: Shared,
     tap: UnixDatagram,
     host_side: UnixDatagram,
+    kick: EventFd,
 }
 
 fn rig() -> Rig {
@@ -39,7 +40,7 @@ fn rig() -> Rig {
         vcpu_polling: AtomicBool::new(false),
         progress: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     };
-    Rig { ram, shared, tap, host_side }
+    Rig { ram, shared, tap, host_side, kick: EventFd::new(libc::EFD_NONBLOCK).unwrap() }
 }
 
 impl Rig {
@@ -52,7 +53,7 @@ impl Rig {
     fn worker<'a>(&'a self, targets: &'a [Target], head: u32, com_tail: u32) -> Worker<'a> {
         let ring = self.ram.inner().get_slice(GuestAddress(RING), NET_RING_SIZE).unwrap();
         let spin = Duration::from_micros(u64::from(SPIN_DEFAULT_US));
-        Worker { ring, ram: &self.ram, targets, shared: &self.shared, spin, ent_head: head, com_tail }
+        Worker { ring, ram: &self.ram, targets, shared: &self.shared, kick: &self.kick, spin, ent_head: head, com_tail }
     }
 
     fn post(&self, index: u32, entry: NetRingEntry) {
@@ -323,12 +324,102 @@ fn a_tap_that_is_gone_is_a_host_fault() {
     }
     // A datagram socket whose peer is gone refuses the frame (ECONNREFUSED): dropped, as a NIC
     // would, and the ring goes on.
-    let Rig { ram, shared, tap, host_side } = r;
+    let Rig { ram, shared, tap, host_side, kick } = r;
     drop(host_side);
-    let r = Rig { ram, shared, tap, host_side: UnixDatagram::unbound().unwrap() };
+    let r = Rig { ram, shared, tap, host_side: UnixDatagram::unbound().unwrap(), kick };
     r.post(0, entry(NET_RING_OP_WRITE, 1, BUF, 60, 5));
     r.set_tail(1);
     let taps = r.taps();
     r.worker(&taps, 0, 0).process(Pass::Serving).unwrap();
     assert_eq!(r.host_index(NET_RING_ENT_HEAD), 1);
+}
+
+/// A NET_READ that asks to wait (`offset`, TENDER_FEATURE_WAIT_READ).
+fn waiting_read(id: u32, wait_ns: u64) -> NetRingEntry {
+    NetRingEntry { operation: NET_RING_OP_READ, handle: 1, data: BUF + 0x1000, len: 1514, id, offset: wait_ns }
+}
+
+impl Rig {
+    /// Posts a waiting read as entry `i`, alone in the ring, has `worker` serve it, and returns
+    /// its commit.
+    fn wait_once(&self, worker: &mut Worker<'_>, i: u32, wait_ns: u64) -> NetRingCommit {
+        self.post(i, waiting_read(i, wait_ns));
+        self.set_tail(i + 1);
+        worker.process(Pass::Serving).unwrap();
+        assert_eq!(self.host_index(NET_RING_COM_TAIL), i + 1, "every waiting read gets its commit");
+        let commit = self.commit(i);
+        assert_eq!(commit.id, i);
+        commit
+    }
+}
+
+/// A waiting read posted on an empty tap is answered by the frame that arrives while the thread
+/// waits (reposted after each AGAIN, as guest-rt does, in case this host is too slow to send it
+/// within one wait).
+#[test]
+fn a_waiting_read_is_answered_by_a_frame_that_arrives() {
+    let r = rig();
+    let taps = r.taps();
+    let mut worker = r.worker(&taps, 0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_micros(200));
+            r.host_side.send(b"a frame that came later").unwrap();
+        });
+        for i in 0..100_000u32 {
+            let commit = r.wait_once(&mut worker, i, NET_RING_WAIT_MAX_NS);
+            if commit.ret == SOLO5_R_OK {
+                assert_eq!(commit.len, 23);
+                let mut got = [0u8; 23];
+                r.ram.inner().read_slice(&mut got, GuestAddress(BUF + 0x1000)).unwrap();
+                assert_eq!(&got, b"a frame that came later");
+                return;
+            }
+            assert_eq!(commit.ret, SOLO5_R_AGAIN);
+        }
+        panic!("the frame never reached a waiting read");
+    });
+}
+
+/// A waiting read on a tap that stays empty is answered AGAIN once its wait is over (never
+/// sooner), and a guest cannot make the thread wait longer than the cap.
+#[test]
+fn a_waiting_read_times_out_with_again() {
+    let r = rig();
+    let taps = r.taps();
+    let mut worker = r.worker(&taps, 0, 0);
+    for (i, wait_ns) in [(0u32, 300_000u64), (1, u64::MAX)] {
+        let start = Instant::now();
+        let commit = r.wait_once(&mut worker, i, wait_ns);
+        assert!(start.elapsed() >= Duration::from_nanos(wait_ns.min(NET_RING_WAIT_MAX_NS)), "it waited");
+        assert_eq!((commit.ret, commit.len), (SOLO5_R_AGAIN, 0));
+    }
+    assert_eq!(r.host_index(NET_RING_ENT_HEAD), 2);
+}
+
+/// A kick (a stop, or a guest that kicks for nothing) ends a wait with AGAIN and is left for
+/// the thread's sleep to take; after the stop, the last pass answers a waiting read at once.
+#[test]
+fn a_kick_or_a_stop_ends_a_waiting_read() {
+    let r = rig();
+    let taps = r.taps();
+    let mut worker = r.worker(&taps, 0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_micros(100));
+            r.shared.stop.store(true, Ordering::Release);
+            r.kick.write(1).unwrap();
+        });
+        assert_eq!(r.wait_once(&mut worker, 0, u64::MAX).ret, SOLO5_R_AGAIN);
+    });
+    assert_eq!(r.kick.read().unwrap(), 1, "the kick is still there for the thread's sleep");
+    // Told to stop: answered at once, and so is a read with a write behind it.
+    r.post(1, waiting_read(1, u64::MAX));
+    r.post(2, entry(NET_RING_OP_WRITE, 1, BUF, 60, 2));
+    r.set_tail(3);
+    worker.process(Pass::Last).unwrap();
+    assert_eq!(r.host_index(NET_RING_ENT_HEAD), 3);
+    assert_eq!(r.commit(1).ret, SOLO5_R_AGAIN);
+    let mut frame = [0u8; 100];
+    assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60, "the write behind it left");
 }
