@@ -262,19 +262,20 @@ fn trap(
         let mut code = [0u8; decode::MAX_LEN];
         let n = session.calls.ram.read_code(rip, &mut code);
         if let Some(insn) = decode::decode(&code[..n]) {
-            let emulated = emulate(session, regs, insn, fs_slot);
-            match emulated {
-                Emulated::Resume | Emulated::Jumped => {
-                    if matches!(emulated, Emulated::Resume) {
-                        regs[libc::REG_RIP as usize] = regs[libc::REG_RIP as usize].wrapping_add(insn.len as i64);
-                    }
-                    // A signal that ends the run and came while tender's code ran (a hypercall,
-                    // the ring's SIGUSR1 after a kick) only recorded itself: land now, or a guest
-                    // that makes no further hypercall would run on until the watchdog's grace ends.
-                    return signals::pending().map(|sig| RunEnd::from_signal(sig, session.timeout));
+            let resumes = match emulate(session, regs, insn, fs_slot) {
+                Emulated::Resume => {
+                    regs[libc::REG_RIP as usize] = regs[libc::REG_RIP as usize].wrapping_add(insn.len as i64);
+                    true
                 }
+                Emulated::Jumped => true,
                 Emulated::End(end) => return Some(end),
-                Emulated::Fault => {}
+                Emulated::Fault => false,
+            };
+            if resumes {
+                // A signal that ends the run and came while tender's code ran (a hypercall, the
+                // ring's SIGUSR1 after a kick) only recorded itself: land now, or a guest that
+                // makes no further hypercall would run on until the watchdog's grace ends.
+                return signals::pending().map(|sig| RunEnd::from_signal(sig, session.timeout));
             }
         }
     }
