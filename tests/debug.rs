@@ -59,43 +59,61 @@ impl Debuggee {
         s.split_whitespace().next().map(str::to_string)
     }
 
-    /// Waits (bounded) until tender-debug is serving gdb (`serving`: in `read`) or runs the guest
-    /// (in neither `read` nor `accept4`).
-    fn wait_until(&self, serving: bool) -> bool {
+    /// Waits (bounded) until tender-debug runs the guest: in neither `read` (serving gdb) nor
+    /// `accept4`, and still so a moment later (not a passing step between two of gdb's packets).
+    fn wait_until_running(&self) -> bool {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let state = || match self.syscall().as_deref() {
-            Some("0") => Some(true),
-            Some("288") => None,
-            _ => Some(false),
-        };
-        while state() != Some(serving) {
+        let running = || !matches!(self.syscall().as_deref(), Some("0") | Some("288"));
+        loop {
+            if running() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if running() {
+                    return true;
+                }
+            }
             if std::time::Instant::now() > deadline {
                 return false;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        true
     }
 
     /// gdb with `commands`, where each `continue` is ended by a Ctrl-C (SIGINT to gdb, which sends
-    /// gdb's interrupt) once the guest runs (computing, or waiting in POLL). Each `continue` must
-    /// follow a stop long enough to be seen (the first one, or a `shell sleep`).
+    /// gdb's interrupt) once gdb is about to resume and the guest runs (computing, or waiting in
+    /// POLL); a `c` resumes without one (to run to a breakpoint first).
     fn gdb_interrupting(&self, elf: &std::path::Path, commands: &[&str]) -> String {
-        let continues = commands.iter().filter(|c| **c == "continue").count();
+        // gdb -batch prints no "Continuing.": an `echo` before each `continue` marks the moment.
+        const MARK: &str = "resuming for a Ctrl-C";
+        let echo = format!("echo {MARK}\\n");
+        let marked: Vec<&str> =
+            commands.iter().flat_map(|c| if *c == "continue" { vec![echo.as_str(), *c] } else { vec![*c] }).collect();
         let mut child = self
-            .gdb_command(Some(elf), commands)
+            .gdb_command(Some(elf), &marked)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("gdb is needed for these tests");
-        for i in 0..continues {
-            // After a stop (the first one is too short to be seen), then running.
-            let running = (i == 0 || self.wait_until(true)) && self.wait_until(false) && {
-                // Still running a moment later: not a passing step of the stop's handling.
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                self.wait_until(false)
-            };
-            if !running {
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = {
+            let printed = printed.clone();
+            let mut stdout = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                    printed.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let interrupts = commands.iter().filter(|c| **c == "continue").count();
+        for i in 1..=interrupts {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while printed.lock().unwrap().matches(MARK).count() < i {
+                if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if !self.wait_until_running() {
                 eprintln!("continue {i}: tender-debug is in syscall {:?}", self.syscall());
                 break;
             }
@@ -109,7 +127,9 @@ impl Debuggee {
         }
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        reader.join().unwrap();
+        let stdout = printed.lock().unwrap().clone();
+        stdout + &String::from_utf8_lossy(&out.stderr)
     }
 
     fn gdb_command(&self, elf: Option<&std::path::Path>, commands: &[&str]) -> Command {
@@ -360,7 +380,10 @@ fn ctrl_c_stops_a_busy_guest_and_one_waiting_in_poll_and_both_resume() {
     let elf = gdbtarget();
     for mode in ["busy", "poll"] {
         let d = Debuggee::start(&[elf.to_str().unwrap(), mode]);
-        let mut commands = vec!["continue", "info registers cs", "shell sleep 1", "continue", "bt 1", "x/i $pc"];
+        // First to main (at CPL 3; an interrupt during `_start` would stop at CPL 0).
+        let mut commands =
+            vec!["tbreak gdbtarget::main", "c", "continue", "info registers cs", "shell sleep 1", "continue"];
+        commands.extend(["bt 1", "x/i $pc"]);
         commands.extend(["stepi", "x/i $pc"].repeat(5));
         commands.push("kill");
         let out = d.gdb_interrupting(&elf, &commands);
