@@ -95,7 +95,8 @@ impl Hypercalls {
         let timeout = if wait_for == PollFor::Nothing { 0 } else { arg.timeout_nsecs };
         let waited = self.poller.wait(timeout, wait_for == PollFor::Ring);
         if let Some(ring) = &self.ring {
-            ring.leave_poll();
+            let frames = matches!(waited, Ok(Wait::Ready { ready_set, .. }) if ready_set != 0);
+            ring.leave_poll(frames);
         }
         match waited {
             Ok(Wait::Ready { ready_set, count }) => {

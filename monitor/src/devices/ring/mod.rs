@@ -12,6 +12,13 @@
 //! ([`Ring::enter_poll`]), and the thread signals an eventfd when it has consumed entries while
 //! the guest sleeps.
 //!
+//! A guest that finds the thread asleep sends and receives its first frames by hypercall (one
+//! exit each, on the vCPU's own thread) rather than waking the thread for them: an idle service
+//! answering an ARP request now and then never wakes it. A guest that used the ring before it
+//! slept in POLL (a transfer, a burst, a spin for the next request) is busy: when its POLL ends
+//! with a frame, tender wakes the thread and clears `needs_kick` ([`Ring::leave_poll`]), so that
+//! the frames go through the ring and the thread's wake-up overlaps the vCPU's return.
+//!
 //! Solo5's ring carries NET_WRITE and NET_READ. When tender advertises
 //! `TENDER_FEATURE_BLOCK_RING` it also carries BLOCK_WRITE and BLOCK_READ (operations 3 and 4,
 //! the device offset in the entry's reserved field), each answered by a commit as a read is.
@@ -164,6 +171,8 @@ struct Shared {
     vcpu_polling: AtomicBool,
     /// Non-blocking; in the poller's ring set (edge-triggered, never read).
     progress: EventFd,
+    /// Set by the thread whenever it carries out entries; taken by [`Ring::enter_poll`].
+    served: AtomicBool,
 }
 
 impl Shared {
@@ -204,6 +213,8 @@ pub struct Ring {
     /// The ring's indices, for [`Ring::enter_poll`].
     ram: GuestRam,
     gpa: u64,
+    /// Whether the guest used the ring since it last slept in POLL (see [`Ring::leave_poll`]).
+    busy: AtomicBool,
 }
 
 /// What a POLL should wait for, given the ring's state ([`Ring::enter_poll`]).
@@ -250,13 +261,14 @@ impl Ring {
             pid: std::process::id() as libc::pid_t,
             vcpu_polling: AtomicBool::new(false),
             progress: EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).map_err(RingError::EventFd)?,
+            served: AtomicBool::new(false),
         });
         let (thread_shared, thread_kick, thread_ram) = (shared.clone(), kick.clone(), ram.clone());
         std::thread::Builder::new()
             .name("tender-ring".into())
             .spawn(move || io_thread(&thread_ram, gpa, &targets, &thread_shared, &thread_kick, spin))
             .map_err(RingError::Thread)?;
-        let ring = Ring { shared, kick, ram: ram.clone(), gpa };
+        let ring = Ring { shared, kick, ram: ram.clone(), gpa, busy: AtomicBool::new(false) };
         loop {
             match ring.shared.ready.load(Ordering::Acquire) {
                 0 => std::thread::yield_now(),
@@ -302,6 +314,7 @@ impl Ring {
     /// indices are its own to lie about: a guest that does only makes its own POLL return early
     /// or late (never later than its timeout).
     pub fn enter_poll(&self) -> PollFor {
+        self.busy.store(self.shared.served.swap(false, Ordering::Relaxed), Ordering::Relaxed);
         self.shared.vcpu_polling.store(true, Ordering::Relaxed);
         // Store-load barrier, paired with the thread's "store ent_head; mfence; load
         // vcpu_polling": either we see its progress or it sees us polling and signals.
@@ -319,8 +332,20 @@ impl Ring {
         }
     }
 
-    pub fn leave_poll(&self) {
+    /// Called by POLL after its wait; `frames` when it found a tap readable. If the guest used
+    /// the ring before it slept (a burst, a transfer, a spin for the next request), the thread,
+    /// which slept while the guest did, is woken now and `needs_kick` cleared: the guest then
+    /// reads the frames through the ring, and the thread's wake-up overlaps the vCPU's return
+    /// to the guest, instead of the guest reading by hypercall, which it does when it finds the
+    /// thread asleep. An idle service (an ARP request now and then) never used the ring, so its
+    /// thread stays asleep and costs nothing.
+    pub fn leave_poll(&self, frames: bool) {
         self.shared.vcpu_polling.store(false, Ordering::Relaxed);
+        if frames && self.busy.load(Ordering::Relaxed) {
+            let at = GuestAddress(self.gpa + NET_RING_NEEDS_KICK as u64);
+            let _ = self.ram.inner().store(0u32, at, Ordering::Release);
+            let _ = self.kick.write(1);
+        }
     }
 
     /// The fault the thread found, if any.
@@ -547,6 +572,7 @@ impl Worker<'_> {
             }
         }
         self.store(NET_RING_ENT_HEAD, self.ent_head);
+        self.shared.served.store(true, Ordering::Relaxed);
         Ok(())
     }
 
