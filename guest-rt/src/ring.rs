@@ -216,8 +216,8 @@ fn next_id() -> u32 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Frames received or sent by hypercall in a row while the thread slept: after [`BURST`] of them
-/// the next frame goes through the ring, which wakes the thread for the rest of the burst. A read
+/// Frames received by hypercall in a row while the thread slept: after [`BURST`] of them the
+/// next receive goes through the ring, which wakes the thread for the rest of the burst. A read
 /// posted to the ring also starts a burst: until the guest next sleeps in POLL ([`end_burst`]),
 /// its frames take the ring, and a thread that fell asleep in between is kicked awake rather
 /// than passed over by a hypercall (a reply to a frame a busy-poll found costs no exit).
@@ -227,21 +227,26 @@ const BURST: u32 = 2;
 /// looks again and again (a busy-poll of the NIC) goes through the ring after [`BURST`] of
 /// them. A wake-up for one frame makes one (the look for a second frame).
 static EMPTY_BY_CALL: AtomicU32 = AtomicU32::new(0);
+/// Frames sent by hypercall since the guest last slept in POLL: after [`BURST`] of them (a window
+/// of TCP segments) the next send goes through the ring. Counted apart from the receives, so
+/// that the reply to a frame (one read, one send) leaves the look for a second frame on the
+/// hypercalls too.
+static SENT_BY_CALL: AtomicU32 = AtomicU32::new(0);
 
 /// Called when the guest goes to sleep in POLL with nothing to do ([`crate::device::wait`]): the
 /// burst is over, and the next frame that finds the thread asleep goes by hypercall again.
 pub(crate) fn end_burst() {
     BY_CALL.store(0, Ordering::Relaxed);
     EMPTY_BY_CALL.store(0, Ordering::Relaxed);
+    SENT_BY_CALL.store(0, Ordering::Relaxed);
 }
 
 /// Posts `frame` for device `handle`; `None` when it must go by hypercall (no ring, too big, or
 /// the tender's thread asleep and no burst under way).
 pub(crate) fn send(handle: u64, frame: &[u8]) -> Option<i32> {
     let ring = ring()?;
-    let by_call = BY_CALL.load(Ordering::Relaxed);
-    if ring.asleep() && by_call < BURST {
-        BY_CALL.store(by_call + 1, Ordering::Relaxed);
+    if ring.asleep() && BY_CALL.load(Ordering::Relaxed) < BURST && SENT_BY_CALL.load(Ordering::Relaxed) < BURST {
+        SENT_BY_CALL.fetch_add(1, Ordering::Relaxed);
         return None;
     }
     if frame.len() > NET_RING_SLOT_SIZE {

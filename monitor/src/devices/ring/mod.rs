@@ -14,10 +14,11 @@
 //!
 //! A guest that finds the thread asleep sends and receives its first frames by hypercall (one
 //! exit each, on the vCPU's own thread) rather than waking the thread for them: an idle service
-//! answering an ARP request now and then never wakes it. A guest that used the ring before it
-//! slept in POLL (a transfer, a burst, a spin for the next request) is busy: when its POLL ends
-//! with a frame, tender wakes the thread and clears `needs_kick` ([`Ring::leave_poll`]), so that
-//! the frames go through the ring and the thread's wake-up overlaps the vCPU's return.
+//! answering an ARP request now and then never wakes it. A guest that moved many frames through
+//! the ring before it slept in POLL (a transfer, a burst: [`BUSY_ENTRIES`]) is busy: when its
+//! POLL ends with a frame, tender wakes the thread and clears `needs_kick`
+//! ([`Ring::leave_poll`]), so that the frames go through the ring and the thread's wake-up
+//! overlaps the vCPU's return.
 //!
 //! Solo5's ring carries NET_WRITE and NET_READ. When tender advertises
 //! `TENDER_FEATURE_BLOCK_RING` it also carries BLOCK_WRITE and BLOCK_READ (operations 3 and 4,
@@ -44,7 +45,7 @@
 //! run short (a ring can hold over 4 TiB of block requests).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use guest_abi::{
@@ -82,6 +83,20 @@ pub const SPIN_DEFAULT_US: u32 = 20;
 /// The longest `--ring-spin`: beyond a millisecond a spinning thread costs more than the wake-up
 /// it saves on any host.
 pub const SPIN_MAX_US: u32 = 1000;
+/// Entries the guest must have had carried out between two POLLs to count as busy (a transfer
+/// or a burst; it stays busy until a wake-up that moves nothing through the ring): the thread
+/// then spins through the guest's POLL ([`BUSY_SPIN`]) and is woken when the POLL ends with a
+/// frame ([`Ring::leave_poll`]). A request and its reply (a few entries, a waiting read among
+/// them) are not: for them the thread's wake-up on a CPU the client may be using costs more
+/// than reading by hypercall.
+const BUSY_ENTRIES: u32 = 16;
+/// How long the thread of a busy guest ([`BUSY_ENTRIES`]) looks at the ring after its last entry
+/// while the guest sleeps in POLL (with `--ring-spin` above 0): in a transfer the guest sleeps
+/// only until the peer's next segments arrive, a round trip, and a thread that slept meanwhile
+/// must be woken and then wait for a CPU (on a small host, behind the very process sending to
+/// the guest), which halved TCP throughput into the guest. Bounded, so that a host with more
+/// busy guests than CPUs still gets its CPUs back.
+pub const BUSY_SPIN: Duration = Duration::from_micros(300);
 /// `pause`s between two looks at the clock while spinning.
 const SPIN_CHECK: u32 = 64;
 
@@ -171,8 +186,11 @@ struct Shared {
     vcpu_polling: AtomicBool,
     /// Non-blocking; in the poller's ring set (edge-triggered, never read).
     progress: EventFd,
-    /// Set by the thread whenever it carries out entries; taken by [`Ring::enter_poll`].
-    served: AtomicBool,
+    /// Entries the thread has carried out since [`Ring::enter_poll`] last took the count.
+    served: AtomicU32,
+    /// Whether the guest moved [`BUSY_ENTRIES`] or more through the ring before its current (or
+    /// last) POLL: set by [`Ring::enter_poll`].
+    busy: AtomicBool,
 }
 
 impl Shared {
@@ -213,8 +231,6 @@ pub struct Ring {
     /// The ring's indices, for [`Ring::enter_poll`].
     ram: GuestRam,
     gpa: u64,
-    /// Whether the guest used the ring since it last slept in POLL (see [`Ring::leave_poll`]).
-    busy: AtomicBool,
 }
 
 /// What a POLL should wait for, given the ring's state ([`Ring::enter_poll`]).
@@ -261,14 +277,15 @@ impl Ring {
             pid: std::process::id() as libc::pid_t,
             vcpu_polling: AtomicBool::new(false),
             progress: EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).map_err(RingError::EventFd)?,
-            served: AtomicBool::new(false),
+            served: AtomicU32::new(0),
+            busy: AtomicBool::new(false),
         });
         let (thread_shared, thread_kick, thread_ram) = (shared.clone(), kick.clone(), ram.clone());
         std::thread::Builder::new()
             .name("tender-ring".into())
             .spawn(move || io_thread(&thread_ram, gpa, &targets, &thread_shared, &thread_kick, spin))
             .map_err(RingError::Thread)?;
-        let ring = Ring { shared, kick, ram: ram.clone(), gpa, busy: AtomicBool::new(false) };
+        let ring = Ring { shared, kick, ram: ram.clone(), gpa };
         loop {
             match ring.shared.ready.load(Ordering::Acquire) {
                 0 => std::thread::yield_now(),
@@ -314,7 +331,11 @@ impl Ring {
     /// indices are its own to lie about: a guest that does only makes its own POLL return early
     /// or late (never later than its timeout).
     pub fn enter_poll(&self) -> PollFor {
-        self.busy.store(self.shared.served.swap(false, Ordering::Relaxed), Ordering::Relaxed);
+        // A transfer stays busy through the short wake-ups between its bursts (a segment that
+        // came ahead of the rest), until a wake-up that moved nothing through the ring.
+        let served = self.shared.served.swap(0, Ordering::Relaxed);
+        let was_busy = self.shared.busy.load(Ordering::Relaxed);
+        self.shared.busy.store(served >= BUSY_ENTRIES || (was_busy && served > 0), Ordering::Relaxed);
         self.shared.vcpu_polling.store(true, Ordering::Relaxed);
         // Store-load barrier, paired with the thread's "store ent_head; mfence; load
         // vcpu_polling": either we see its progress or it sees us polling and signals.
@@ -332,8 +353,8 @@ impl Ring {
         }
     }
 
-    /// Called by POLL after its wait; `frames` when it found a tap readable. If the guest used
-    /// the ring before it slept (a burst, a transfer, a spin for the next request), the thread,
+    /// Called by POLL after its wait; `frames` when it found a tap readable. If the guest moved
+    /// [`BUSY_ENTRIES`] or more through the ring before it slept (a transfer, a burst), the thread,
     /// which slept while the guest did, is woken now and `needs_kick` cleared: the guest then
     /// reads the frames through the ring, and the thread's wake-up overlaps the vCPU's return
     /// to the guest, instead of the guest reading by hypercall, which it does when it finds the
@@ -341,8 +362,13 @@ impl Ring {
     /// thread stays asleep and costs nothing.
     pub fn leave_poll(&self, frames: bool) {
         self.shared.vcpu_polling.store(false, Ordering::Relaxed);
-        if frames && self.busy.load(Ordering::Relaxed) {
-            let at = GuestAddress(self.gpa + NET_RING_NEEDS_KICK as u64);
+        let at = GuestAddress(self.gpa + NET_RING_NEEDS_KICK as u64);
+        // Only a thread that asked for a kick is about to read the eventfd: a kick it never
+        // takes would end its next waiting read at once.
+        if frames
+            && self.shared.busy.load(Ordering::Relaxed)
+            && self.ram.inner().load::<u32>(at, Ordering::Acquire).is_ok_and(|v| v == 1)
+        {
             let _ = self.ram.inner().store(0u32, at, Ordering::Release);
             let _ = self.kick.write(1);
         }
@@ -465,12 +491,19 @@ impl Worker<'_> {
         }
     }
 
-    /// Spins for up to `self.spin` (if `spin`, and only while the guest is not in POLL), then
-    /// asks for a kick and sleeps. False once told to stop.
+    /// Spins for up to `self.spin` (if `spin`) while the guest runs, then asks for a kick and
+    /// sleeps. While the guest sleeps in POLL it cannot post anything, so the thread sleeps at
+    /// once, unless the guest is busy (a transfer: [`BUSY_SPIN`]). False once told to stop.
     fn wait_for_work(&self, spin: bool) -> Result<bool, RingFault> {
         loop {
-            let deadline = (spin && !self.spin.is_zero()).then(|| Instant::now() + self.spin);
-            while deadline.is_some_and(|d| Instant::now() < d) && !self.shared.vcpu_polling.load(Ordering::Relaxed) {
+            let start = Instant::now();
+            let limit = |polling: bool| match (spin && !self.spin.is_zero(), polling) {
+                (false, _) => Duration::ZERO,
+                (true, false) => self.spin,
+                (true, true) if self.shared.busy.load(Ordering::Relaxed) => self.spin.max(BUSY_SPIN),
+                (true, true) => Duration::ZERO,
+            };
+            while start.elapsed() < limit(self.shared.vcpu_polling.load(Ordering::Relaxed)) {
                 for _ in 0..SPIN_CHECK {
                     if self.shared.stop.load(Ordering::Acquire) {
                         return Ok(false);
@@ -518,6 +551,7 @@ impl Worker<'_> {
         if tail.wrapping_sub(self.ent_head) > NET_RING_ENTRIES {
             return Err(RingFault::Index { head: self.ent_head, tail });
         }
+        let first = self.ent_head;
         while self.ent_head != tail {
             if pass == Pass::Serving && self.shared.stop.load(Ordering::Acquire) {
                 break;
@@ -572,7 +606,7 @@ impl Worker<'_> {
             }
         }
         self.store(NET_RING_ENT_HEAD, self.ent_head);
-        self.shared.served.store(true, Ordering::Relaxed);
+        self.shared.served.fetch_add(self.ent_head.wrapping_sub(first), Ordering::Relaxed);
         Ok(())
     }
 

@@ -39,7 +39,8 @@ fn rig() -> Rig {
         pid: 0,
         vcpu_polling: AtomicBool::new(false),
         progress: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        served: AtomicBool::new(false),
+        served: AtomicU32::new(0),
+        busy: AtomicBool::new(false),
     };
     Rig { ram, shared, tap, host_side, kick: EventFd::new(libc::EFD_NONBLOCK).unwrap() }
 }
@@ -436,44 +437,41 @@ fn wait_asleep(ring: &Ring, r: &Rig) {
 }
 
 /// A POLL that ends with a frame wakes the sleeping thread (and clears `needs_kick`, so the guest
-/// posts its reads without a kick) only if the guest used the ring before it slept: an idle
-/// service's thread stays asleep.
+/// posts its reads without a kick) only after a burst through the ring: an idle service's thread,
+/// and that of a service answering one request at a time, stays asleep.
 #[test]
-fn a_poll_that_finds_a_frame_wakes_the_thread_only_after_ring_traffic() {
+fn a_poll_that_finds_a_frame_wakes_the_thread_only_after_a_burst() {
     let r = rig();
     // A thread that spins half a second before it sleeps again: long enough to see it awake.
     let ring = Ring::start(None, &r.ram, RING, r.taps().to_vec(), Duration::from_millis(500)).unwrap();
-    wait_asleep(&ring, &r);
-    assert_eq!(ring.enter_poll(), PollFor::Devices);
-    ring.leave_poll(true);
-    assert_eq!(r.host_index(NET_RING_NEEDS_KICK), 1, "no ring traffic yet: the thread sleeps on");
-    // The guest sends a frame through the ring, kicks, and sleeps in POLL once it has left.
-    r.ram.write_setup(BUF, &[7; 60]).unwrap();
-    r.post(0, entry(NET_RING_OP_WRITE, 1, BUF, 60, 0));
-    r.set_tail(1);
-    r.ram.inner().store(0u32, GuestAddress(RING + NET_RING_NEEDS_KICK as u64), Ordering::Release).unwrap();
-    ring.kick.write(1).unwrap();
-    let mut frame = [0u8; 100];
     r.host_side.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60);
-    wait_asleep(&ring, &r);
-    assert_eq!(ring.enter_poll(), PollFor::Devices);
-    ring.leave_poll(false);
-    assert_eq!(r.host_index(NET_RING_NEEDS_KICK), 1, "a POLL that timed out wakes nothing");
-    wait_asleep(&ring, &r);
-    // Once more, now ending with a frame: the thread is woken.
-    r.ram.inner().store(0u32, GuestAddress(RING + NET_RING_NEEDS_KICK as u64), Ordering::Release).unwrap();
-    r.post(1, entry(NET_RING_OP_WRITE, 1, BUF, 60, 1));
-    r.set_tail(2);
-    ring.kick.write(1).unwrap();
-    assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60);
-    wait_asleep(&ring, &r);
-    assert_eq!(ring.enter_poll(), PollFor::Devices);
-    ring.leave_poll(true);
-    assert_eq!(r.host_index(NET_RING_NEEDS_KICK), 0, "woken for the frames POLL found");
-    wait_asleep(&ring, &r);
-    assert_eq!(ring.enter_poll(), PollFor::Devices);
-    ring.leave_poll(true);
-    assert_eq!(r.host_index(NET_RING_NEEDS_KICK), 1, "nothing went through the ring since");
+    r.ram.write_setup(BUF, &[7; 60]).unwrap();
+    let mut tail = 0;
+    // The guest sends `n` frames through the ring, kicks, and sleeps in POLL once they have left,
+    // which ends with a frame (`frames`) or not; returns `needs_kick` after the POLL.
+    let mut poll_after = |n: u32, frames: bool| {
+        for _ in 0..n {
+            r.post(tail, entry(NET_RING_OP_WRITE, 1, BUF, 60, tail));
+            tail += 1;
+        }
+        r.set_tail(tail);
+        r.ram.inner().store(0u32, GuestAddress(RING + NET_RING_NEEDS_KICK as u64), Ordering::Release).unwrap();
+        ring.kick.write(1).unwrap();
+        let mut frame = [0u8; 100];
+        for _ in 0..n {
+            assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60);
+        }
+        wait_asleep(&ring, &r);
+        assert_eq!(ring.enter_poll(), PollFor::Devices);
+        ring.leave_poll(frames);
+        let needs_kick = r.host_index(NET_RING_NEEDS_KICK);
+        wait_asleep(&ring, &r);
+        needs_kick
+    };
+    assert_eq!(poll_after(0, true), 1, "no ring traffic: the thread sleeps on");
+    assert_eq!(poll_after(BUSY_ENTRIES - 1, true), 1, "a request and its reply are no burst");
+    assert_eq!(poll_after(BUSY_ENTRIES, false), 1, "a POLL that timed out wakes nothing");
+    assert_eq!(poll_after(BUSY_ENTRIES, true), 0, "woken for the frames POLL found");
+    assert_eq!(poll_after(0, true), 1, "nothing went through the ring since");
     assert!(ring.stop());
 }
