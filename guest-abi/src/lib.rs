@@ -236,6 +236,14 @@ pub const TENDER_FEATURE_WAIT_READ: u32 = 1 << 28;
 /// The longest wait a NET_READ entry gets with [`TENDER_FEATURE_WAIT_READ`].
 pub const NET_RING_WAIT_MAX_NS: u64 = 1_000_000;
 
+/// `host_features` bit, a tender extension (solo5-hvt never sets it; offered with the net ring):
+/// after each NET_READ hypercall that returned a frame, the host stores in the ring, at
+/// [`NET_RING_RX_WAITING`], the set of net devices (bit `handle`) that had another frame waiting
+/// at that moment. A guest that finds its device's bit clear may skip the read that would find
+/// nothing: a frame that arrives later makes its next POLL return at once. A hint only: the
+/// host may set bits for devices with nothing waiting.
+pub const TENDER_FEATURE_RX_HINT: u32 = 1 << 27;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BootInfo {
@@ -501,6 +509,9 @@ pub const NET_RING_COM_HEAD: usize = 4;
 pub const NET_RING_ENT_HEAD: usize = 64;
 pub const NET_RING_COM_TAIL: usize = 68;
 pub const NET_RING_NEEDS_KICK: usize = 72;
+/// Tender extension ([`TENDER_FEATURE_RX_HINT`]): a host-written u64, the net devices that had a
+/// frame waiting after the last NET_READ hypercall that returned one.
+pub const NET_RING_RX_WAITING: usize = 80;
 /// Largest frame a guest posts through the ring (its per-slot copy); larger ones use NET_WRITE.
 pub const NET_RING_SLOT_SIZE: usize = 2048;
 /// How many times the host I/O thread looks at an empty ring before it asks for a kick.
@@ -597,4 +608,6 @@ const _: () = {
     assert!(NET_RING_COMMITS_OFFSET == NET_RING_ENTRIES_OFFSET + 32 * NET_RING_ENTRIES as usize);
     assert!(NET_RING_SIZE == NET_RING_COMMITS_OFFSET + 16 * NET_RING_ENTRIES as usize);
     assert!(NET_RING_SIZE as u64 <= NET_RING_AREA_SIZE);
+    assert!(NET_RING_RX_WAITING > NET_RING_NEEDS_KICK && NET_RING_RX_WAITING + 8 <= NET_RING_ENTRIES_OFFSET);
+    assert!(NET_RING_RX_WAITING.is_multiple_of(8));
 };

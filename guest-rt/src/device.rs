@@ -263,6 +263,12 @@ impl NetDevice {
         result(code).map(|()| len)
     }
 
+    /// Whether the frame [`recv`](Self::recv) just returned was the last one waiting, by the
+    /// tender's hint (tender offers one; false when unknown): another `recv` would find nothing.
+    pub(crate) fn drained(&self) -> bool {
+        crate::ring::drained(self.handle)
+    }
+
     /// Receives one frame through the shared ring even when the tender's I/O thread sleeps
     /// (the post wakes it): a busy-poll's look, which costs no exit while the thread is awake.
     /// A tender that offers waiting reads holds the read up to `wait_ns` for a frame to arrive

@@ -21,17 +21,22 @@
 //! frame arrives or the wait is over, and watches for its commit meanwhile: the thread sleeps in
 //! the kernel instead of answering AGAIN to read after read on a second CPU.
 //!
+//! When the tender offers `TENDER_FEATURE_RX_HINT` (tender does), a frame read by hypercall
+//! comes with a note in the ring of whether another one waits; if none does, the network stack
+//! skips its next read ([`drained`]), which would find nothing and cost an exit.
+//!
 //! The same code runs on solo5-hvt, which implements the net ring only: block requests then
 //! use the hypercalls, and reads are answered at once.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 
 use guest_abi::{
     HVT_FEATURE_RING_IO, NET_RING_COM_HEAD, NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD,
     NET_RING_ENT_TAIL, NET_RING_ENTRIES, NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK,
-    NET_RING_OP_READ, NET_RING_OP_WRITE, NET_RING_SLOT_SIZE, NetRingCommit, NetRingEntry, RING_OP_BLOCK_READ,
-    RING_OP_BLOCK_WRITE, TENDER_FEATURE_BLOCK_RING, TENDER_FEATURE_WAIT_READ,
+    NET_RING_OP_READ, NET_RING_OP_WRITE, NET_RING_RX_WAITING, NET_RING_SLOT_SIZE, NetRingCommit, NetRingEntry,
+    RING_OP_BLOCK_READ, RING_OP_BLOCK_WRITE, TENDER_FEATURE_BLOCK_RING, TENDER_FEATURE_RX_HINT,
+    TENDER_FEATURE_WAIT_READ,
 };
 
 use crate::boot::boot_info;
@@ -197,6 +202,13 @@ impl Ring {
                 == self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed)
     }
 
+    /// The tender's receive hint (`TENDER_FEATURE_RX_HINT`).
+    fn rx_waiting(self) -> u64 {
+        // SAFETY: inside the ring (see `index`), 8-byte aligned (guest-abi asserts it); the host
+        // writes it with atomic stores.
+        unsafe { &*self.0.add(NET_RING_RX_WAITING).cast::<AtomicU64>() }.load(Ordering::Acquire)
+    }
+
     /// Waits until the tender has carried out every posted entry.
     fn drain(self) {
         let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
@@ -232,6 +244,19 @@ static EMPTY_BY_CALL: AtomicU32 = AtomicU32::new(0);
 /// that the reply to a frame (one read, one send) leaves the look for a second frame on the
 /// hypercalls too.
 static SENT_BY_CALL: AtomicU32 = AtomicU32::new(0);
+
+/// Net devices (bit `handle`) whose last frame came by hypercall with the tender's hint
+/// (`TENDER_FEATURE_RX_HINT`) that nothing else was waiting: see [`drained`].
+static DRAINED: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the frame just received for `handle` was, by the tender's hint, the last one waiting
+/// (clears the note): the caller may skip the read that would find nothing, one exit of the
+/// four that answering one frame costs an idle service. A frame that arrives meanwhile makes
+/// the next POLL return at once.
+pub(crate) fn drained(handle: u64) -> bool {
+    let bit = 1u64 << (handle % 64);
+    DRAINED.fetch_and(!bit, Ordering::Relaxed) & bit != 0
+}
 
 /// Called when the guest goes to sleep in POLL with nothing to do ([`crate::device::wait`]): the
 /// burst is over, and the next frame that finds the thread asleep goes by hypercall again.
@@ -279,6 +304,11 @@ pub(crate) fn recv(handle: u64, buf: &mut [u8]) -> Option<(i32, usize)> {
         let (code, len) = crate::hypercall::net_read(handle, buf);
         if code == guest_abi::SOLO5_R_OK {
             BY_CALL.fetch_add(1, Ordering::Relaxed);
+            if boot_info().host_features & TENDER_FEATURE_RX_HINT != 0
+                && ring.rx_waiting() & (1u64 << (handle % 64)) == 0
+            {
+                DRAINED.fetch_or(1u64 << (handle % 64), Ordering::Relaxed);
+            }
         } else {
             BY_CALL.store(0, Ordering::Relaxed);
             EMPTY_BY_CALL.fetch_add(1, Ordering::Relaxed);

@@ -110,10 +110,11 @@ pub fn memory_layout(mem: u64, has_net: bool, has_block: bool) -> (u64, u64) {
     }
 }
 
-/// `host_features` for a running ring: Solo5's bit (and tender's waiting reads) with a net
-/// device, tender's block bit with a block one.
+/// `host_features` for a running ring: Solo5's bit (and tender's waiting reads and receive
+/// hint) with a net device, tender's block bit with a block one.
 pub fn ring_features(has_net: bool, has_block: bool) -> u32 {
-    let net = if has_net { guest_abi::HVT_FEATURE_RING_IO | guest_abi::TENDER_FEATURE_WAIT_READ } else { 0 };
+    use guest_abi::{HVT_FEATURE_RING_IO, TENDER_FEATURE_RX_HINT, TENDER_FEATURE_WAIT_READ};
+    let net = if has_net { HVT_FEATURE_RING_IO | TENDER_FEATURE_WAIT_READ | TENDER_FEATURE_RX_HINT } else { 0 };
     let block = if has_block { guest_abi::TENDER_FEATURE_BLOCK_RING } else { 0 };
     net | block
 }

@@ -138,6 +138,17 @@ impl Hypercalls {
         match self.device(arg.handle) {
             Some(Device::Net(dev)) if read => {
                 (arg.ret, arg.len) = dev.io().read(&self.ram, arg.data, arg.len).map_err(|e| failed(dev, e))?;
+                if arg.ret == SOLO5_R_OK
+                    && let Some(ring) = &self.ring
+                {
+                    // TENDER_FEATURE_RX_HINT: which taps have another frame, by a look (no wait)
+                    // at POLL's set. Anything but an answer says "maybe" for all of them.
+                    let waiting = match self.poller.wait(0, false) {
+                        Ok(Wait::Ready { ready_set, .. }) => ready_set,
+                        _ => u64::MAX,
+                    };
+                    ring.set_rx_waiting(waiting);
+                }
             }
             Some(Device::Net(dev)) => {
                 arg.ret = dev.io().write(&self.ram, arg.data, arg.len).map_err(|e| failed(dev, e))?

@@ -149,7 +149,13 @@ impl Device for Phy {
                 Some(len) => len,
                 None if !self.rx_pending => return None,
                 None => match self.nic.recv(&mut self.rx) {
-                    Ok(n) => n,
+                    Ok(n) => {
+                        // Saves the exit of a read that would find nothing (the tender's hint).
+                        if self.nic.drained() {
+                            self.rx_pending = false;
+                        }
+                        n
+                    }
                     Err(Error::Again) | Err(_) => {
                         self.rx_pending = false;
                         return None;

@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 use guest_abi::{
     NET_RING_COM_HEAD, NET_RING_COM_TAIL, NET_RING_COMMITS_OFFSET, NET_RING_ENT_HEAD, NET_RING_ENT_TAIL,
     NET_RING_ENTRIES, NET_RING_ENTRIES_OFFSET, NET_RING_KICK_PORT, NET_RING_NEEDS_KICK, NET_RING_OP_READ,
-    NET_RING_OP_WRITE, NET_RING_SIZE, NET_RING_WAIT_MAX_NS, NetRingCommit, NetRingEntry, RING_OP_BLOCK_READ,
-    RING_OP_BLOCK_WRITE, SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK,
+    NET_RING_OP_WRITE, NET_RING_RX_WAITING, NET_RING_SIZE, NET_RING_WAIT_MAX_NS, NetRingCommit, NetRingEntry,
+    RING_OP_BLOCK_READ, RING_OP_BLOCK_WRITE, SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC, SOLO5_R_OK,
 };
 use kvm_bindings::{KVMIO, kvm_ioeventfd, kvm_ioeventfd_flag_nr_pio};
 use kvm_ioctls::VmFd;
@@ -372,6 +372,13 @@ impl Ring {
             let _ = self.ram.inner().store(0u32, at, Ordering::Release);
             let _ = self.kick.write(1);
         }
+    }
+
+    /// Stores the receive hint (`TENDER_FEATURE_RX_HINT`): the net devices, by handle, that
+    /// have a frame waiting after a NET_READ hypercall.
+    pub fn set_rx_waiting(&self, handles: u64) {
+        let at = GuestAddress(self.gpa + NET_RING_RX_WAITING as u64);
+        let _ = self.ram.inner().store(handles, at, Ordering::Release);
     }
 
     /// The fault the thread found, if any.
