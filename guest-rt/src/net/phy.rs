@@ -28,6 +28,9 @@ pub(crate) struct Phy {
     /// Whether a unicast TCP or UDP frame came in since the last [`Phy::take_traffic`]: the
     /// request traffic after which [`Stack::wait`](super::Stack::wait) busy-polls.
     traffic: bool,
+    /// Whether the guest sent a reply since the last [`Phy::take_traffic`]: a TCP segment with
+    /// data, or a UDP datagram (not a bare ACK).
+    replied: bool,
     pub(crate) gate: SynGate,
     pub(crate) hook: Option<fn(&[u8])>,
 }
@@ -46,6 +49,7 @@ impl Phy {
             rx_budget: RX_BATCH,
             held: None,
             traffic: false,
+            replied: false,
             gate: SynGate::default(),
             hook: None,
         }
@@ -69,9 +73,13 @@ impl Phy {
         self.rx_budget = RX_BATCH;
     }
 
-    /// Whether request traffic came in since the last call.
+    /// Whether request traffic came in, and the guest replied to it, since the last call: a
+    /// request and its answer, after which the next request may follow soon. A transfer into the
+    /// guest (data in, bare ACKs out) is not: busy-polling there would take its segments one by
+    /// one as they arrive, with an ACK for every second one, where a guest that sleeps takes them
+    /// in batches with one ACK each (TCP into the guest ran at half speed).
     pub(crate) fn take_traffic(&mut self) -> bool {
-        core::mem::take(&mut self.traffic)
+        core::mem::take(&mut self.traffic) & core::mem::take(&mut self.replied)
     }
 
     /// Receives through the ring, again and again, until a frame comes or the monotonic clock
@@ -107,6 +115,29 @@ fn request_traffic(frame: &[u8]) -> bool {
     unicast && matches!(protocol, Some(&TCP | &UDP))
 }
 
+/// A TCP segment carrying data or a UDP datagram, over IPv4 or IPv6 (an answer, not a bare ACK).
+fn carries_data(frame: &[u8]) -> bool {
+    const TCP: u8 = 6;
+    const UDP: u8 = 17;
+    let byte = |at: usize| frame.get(at).copied().map(usize::from);
+    // (protocol, where the transport header starts, where the IP packet ends)
+    let ip = match frame.get(12..14) {
+        Some([0x08, 0x00]) => (|| {
+            let header = (byte(14)? & 0xf) * 4;
+            Some((byte(23)?, 14 + header, 14 + (byte(16)? << 8 | byte(17)?)))
+        })(),
+        Some([0x86, 0xdd]) => (|| Some((byte(20)?, 54, 54 + (byte(18)? << 8 | byte(19)?))))(),
+        _ => None,
+    };
+    match ip {
+        Some((p, _, _)) if p == usize::from(UDP) => true,
+        Some((p, transport, end)) if p == usize::from(TCP) => {
+            byte(transport + 12).is_some_and(|offset| transport + (offset >> 4) * 4 < end)
+        }
+        _ => false,
+    }
+}
+
 pub(crate) struct Rx<'a> {
     frame: &'a [u8],
     hook: Option<fn(&[u8])>,
@@ -115,6 +146,7 @@ pub(crate) struct Rx<'a> {
 pub(crate) struct Tx<'a> {
     nic: NetDevice,
     buf: &'a mut [u8],
+    replied: &'a mut bool,
 }
 
 impl RxToken for Rx<'_> {
@@ -132,6 +164,7 @@ impl TxToken for Tx<'_> {
         let r = f(&mut self.buf[..len]);
         // A frame the tender refuses is dropped, as a congested NIC would.
         let _ = self.nic.send(&self.buf[..len]);
+        *self.replied |= carries_data(&self.buf[..len]);
         r
     }
 }
@@ -167,7 +200,7 @@ impl Device for Phy {
                     self.rx_budget -= 1;
                     self.traffic |= request_traffic(&self.rx[..len]);
                     let rx = Rx { frame: &self.rx[..len], hook: self.hook };
-                    return Some((rx, Tx { nic: self.nic, buf: &mut self.tx }));
+                    return Some((rx, Tx { nic: self.nic, buf: &mut self.tx, replied: &mut self.replied }));
                 }
                 // Counted against the budget too: a flood of SYNs must not keep a poll going.
                 Verdict::Drop => self.rx_budget -= 1,
@@ -181,7 +214,7 @@ impl Device for Phy {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<Tx<'_>> {
-        Some(Tx { nic: self.nic, buf: &mut self.tx })
+        Some(Tx { nic: self.nic, buf: &mut self.tx, replied: &mut self.replied })
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -194,7 +227,7 @@ impl Device for Phy {
 
 #[cfg(test)]
 mod tests {
-    use super::request_traffic;
+    use super::{carries_data, request_traffic};
 
     fn frame(dst0: u8, ethertype: [u8; 2], protocol_at: usize, protocol: u8) -> [u8; 60] {
         let mut f = [0u8; 60];
@@ -214,5 +247,41 @@ mod tests {
         assert!(!request_traffic(&frame(0x33, [0x86, 0xdd], 20, 17)), "multicast");
         assert!(!request_traffic(&frame(0x02, [0x08, 0x06], 23, 17)), "ARP");
         assert!(!request_traffic(&[0x02; 20]), "too short");
+    }
+
+    /// An IPv4 frame: 20-byte IP header, then the transport header, `payload` bytes after it.
+    fn ipv4(protocol: u8, transport_header: usize, payload: usize) -> alloc::vec::Vec<u8> {
+        let total = 20 + transport_header + payload;
+        let mut f = alloc::vec![0u8; 14 + total];
+        f[0] = 0x02;
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+        f[23] = protocol;
+        if protocol == 6 {
+            f[14 + 20 + 12] = ((transport_header / 4) as u8) << 4;
+        }
+        f
+    }
+
+    #[test]
+    fn replies_are_segments_with_data_and_datagrams() {
+        assert!(carries_data(&ipv4(6, 20, 100)), "TCP with data");
+        assert!(carries_data(&ipv4(6, 32, 1)), "TCP with options and a byte of data");
+        assert!(!carries_data(&ipv4(6, 20, 0)), "a bare ACK");
+        assert!(!carries_data(&ipv4(6, 32, 0)), "a bare ACK with timestamps");
+        assert!(carries_data(&ipv4(17, 8, 0)), "UDP, even empty");
+        assert!(!carries_data(&ipv4(1, 8, 56)), "ICMP");
+        let mut v6 = alloc::vec![0u8; 54 + 20];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        v6[19] = 20;
+        v6[20] = 6;
+        v6[54 + 12] = 5 << 4;
+        assert!(!carries_data(&v6), "a bare ACK over IPv6");
+        v6[19] = 30;
+        v6.resize(54 + 30, 0);
+        assert!(carries_data(&v6), "TCP with data over IPv6");
+        assert!(!carries_data(&[0x02; 30]), "too short");
+        assert!(!carries_data(&ipv4(6, 20, 100)[..40]), "cut short");
     }
 }
