@@ -75,7 +75,12 @@ fn block_io() -> i64 {
     unsafe { libc::syscall(nr, 100, std::ptr::null_mut::<u8>(), count, offset) }
 }
 
+/// Held while [`IO_CALL`] is set and its child runs: the tests run on parallel threads, and one
+/// test's values must not reach another's child.
+static IO_CALL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn check_block_io(nr: libc::c_long, cases: &[(Allowlist, u64, u64, bool)]) {
+    let _one_at_a_time = IO_CALL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     for &(ref allow, count, offset, pass) in cases {
         for (slot, value) in IO_CALL.iter().zip([nr as u64, count, offset]) {
             slot.store(value, Ordering::SeqCst);
