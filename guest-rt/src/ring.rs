@@ -254,8 +254,12 @@ static DRAINED: AtomicU64 = AtomicU64::new(0);
 /// four that answering one frame costs an idle service. A frame that arrives meanwhile makes
 /// the next POLL return at once.
 pub(crate) fn drained(handle: u64) -> bool {
-    let bit = 1u64 << (handle % 64);
-    DRAINED.fetch_and(!bit, Ordering::Relaxed) & bit != 0
+    DRAINED.fetch_and(!device_bit(handle), Ordering::Relaxed) & device_bit(handle) != 0
+}
+
+/// Device `handle`'s bit in [`DRAINED`] and in the tender's hint.
+fn device_bit(handle: u64) -> u64 {
+    1 << (handle % 64)
 }
 
 /// Called when the guest goes to sleep in POLL with nothing to do ([`crate::device::wait`]): the
@@ -304,10 +308,8 @@ pub(crate) fn recv(handle: u64, buf: &mut [u8]) -> Option<(i32, usize)> {
         let (code, len) = crate::hypercall::net_read(handle, buf);
         if code == guest_abi::SOLO5_R_OK {
             BY_CALL.fetch_add(1, Ordering::Relaxed);
-            if boot_info().host_features & TENDER_FEATURE_RX_HINT != 0
-                && ring.rx_waiting() & (1u64 << (handle % 64)) == 0
-            {
-                DRAINED.fetch_or(1u64 << (handle % 64), Ordering::Relaxed);
+            if boot_info().host_features & TENDER_FEATURE_RX_HINT != 0 && ring.rx_waiting() & device_bit(handle) == 0 {
+                DRAINED.fetch_or(device_bit(handle), Ordering::Relaxed);
             }
         } else {
             BY_CALL.store(0, Ordering::Relaxed);

@@ -66,8 +66,8 @@ pub const UDP_BUFFER: usize = 128 << 10;
 const MAX_SLEEP_NS: u64 = 10_000_000_000;
 /// The longest [`Stack::wait`] busy-polls for the next frame, after a wake-up that brought
 /// request traffic (a unicast TCP or UDP frame) and a reply to it (`Phy::take_traffic`),
-/// before it sleeps in POLL: `--poll-spin=US` on the command line, 0 (never) to [`POLL_SPIN_MAX_US`]. A request-response exchange is otherwise
-/// bound by POLL's exit and its return (docs/PERFORMANCE.md, "Latency of one request at a
+/// before it sleeps in POLL: `--poll-spin=US` on the command line, 0 (never) to
+/// [`POLL_SPIN_MAX_US`]. A request-response exchange is otherwise bound by POLL's exit and its return (docs/PERFORMANCE.md, "Latency of one request at a
 /// time"); a client's next request that arrives within the spin is read through the ring with no
 /// exit. The window adapts below this ceiling (`spin.rs`): it grows only while frames come
 /// soon enough for it to catch them. A spin costs its length in CPU on the vCPU. Under tender,
