@@ -315,12 +315,19 @@ impl Stack {
         }
     }
 
-    /// Sleeps until a frame arrives or smoltcp's next deadline, whichever is first. After request
-    /// traffic it may first busy-poll, for a window that adapts to how soon the next frame comes,
-    /// at most `--poll-spin` (see [`POLL_SPIN_DEFAULT_US`] and `spin.rs`).
+    /// Sleeps until a frame arrives or smoltcp's next deadline, whichever is first. If the
+    /// tender's ring thread is still sending the last frames (an ACK, a reply), it first waits
+    /// for that, since the peer's answer may come while it does, and then returns without
+    /// sleeping (see `ring::settle`). After request traffic it may busy-poll, for a window that
+    /// adapts to how soon the next frame comes, at most `--poll-spin` (see
+    /// [`POLL_SPIN_DEFAULT_US`] and `spin.rs`).
     pub fn wait(&mut self) {
         if self.phy.rx_pending() {
             return; // frames may still be queued: poll again before sleeping
+        }
+        if crate::ring::settle() {
+            self.phy.set_rx_pending();
+            return;
         }
         let start = crate::monotonic_ns();
         let deadline = start + self.next_deadline_ns();
