@@ -15,10 +15,10 @@
 //! A guest that finds the thread asleep sends and receives its first frames by hypercall (one
 //! exit each, on the vCPU's own thread) rather than waking the thread for them: an idle service
 //! answering an ARP request now and then never wakes it. A guest that moved many frames through
-//! the ring before it slept in POLL (a transfer, a burst: [`BUSY_ENTRIES`]) is busy: when its
-//! POLL ends with a frame, tender wakes the thread and clears `needs_kick`
-//! ([`Ring::leave_poll`]), so that the frames go through the ring and the thread's wake-up
-//! overlaps the vCPU's return.
+//! the ring before it slept in POLL (a transfer, a burst: [`BUSY_ENTRIES`]) is busy: its thread
+//! spins longer before it sleeps ([`BUSY_SPIN`]), and when its POLL ends with a frame, tender
+//! wakes the thread and clears `needs_kick` ([`Ring::leave_poll`]), so that the frames go
+//! through the ring and the thread's wake-up overlaps the vCPU's return.
 //!
 //! Solo5's ring carries NET_WRITE and NET_READ. When tender advertises
 //! `TENDER_FEATURE_BLOCK_RING` it also carries BLOCK_WRITE and BLOCK_READ (operations 3 and 4,
@@ -85,13 +85,13 @@ pub const SPIN_DEFAULT_US: u32 = 20;
 pub const SPIN_MAX_US: u32 = 1000;
 /// Entries the guest must have had carried out between two POLLs to count as busy (a transfer
 /// or a burst; it stays busy until a wake-up that moves nothing through the ring): the thread
-/// then spins through the guest's POLL ([`BUSY_SPIN`]) and is woken when the POLL ends with a
-/// frame ([`Ring::leave_poll`]). A request and its reply (a few entries, a waiting read among
+/// then spins [`BUSY_SPIN`] after its last entry, through the guest's POLL too, and is woken
+/// when the POLL ends with a frame ([`Ring::leave_poll`]). A request and its reply (a few entries, a waiting read among
 /// them) are not: for them the thread's wake-up on a CPU the client may be using costs more
 /// than reading by hypercall.
 const BUSY_ENTRIES: u32 = 16;
-/// How long the thread of a busy guest ([`BUSY_ENTRIES`]) looks at the ring after its last entry
-/// while the guest sleeps in POLL (with `--ring-spin` above 0): in a transfer the guest sleeps
+/// How long the thread of a busy guest ([`BUSY_ENTRIES`]) looks at the ring after its last entry,
+/// whether the guest runs or sleeps in POLL (with `--ring-spin` above 0): in a transfer the guest sleeps
 /// only until the peer's next segments arrive, a round trip, and a thread that slept meanwhile
 /// must be woken and then wait for a CPU (on a small host, behind the very process sending to
 /// the guest), which halved TCP throughput into the guest. Bounded, so that a host with more
@@ -422,6 +422,22 @@ impl Drop for Ring {
     }
 }
 
+/// How long the thread looks at an empty ring after its last entry before it sleeps, given
+/// `--ring-spin` (`spin`, zero when the thread has not served anything yet), whether the guest
+/// is busy ([`BUSY_ENTRIES`]) and whether it sleeps in POLL. A guest in POLL cannot post
+/// anything, so the thread sleeps at once, unless the guest is busy: a busy guest's thread
+/// spins [`BUSY_SPIN`] whether the guest runs or sleeps, since in a transfer the guest's next
+/// entries come within a round trip, and a thread that slept must be kicked, or passed over
+/// by hypercalls, for each window (TCP out of the guest ran at two thirds of the speed).
+fn spin_limit(spin: Duration, busy: bool, polling: bool) -> Duration {
+    match (spin.is_zero(), busy, polling) {
+        (true, _, _) => Duration::ZERO,
+        (false, true, _) => spin.max(BUSY_SPIN),
+        (false, false, false) => spin,
+        (false, false, true) => Duration::ZERO,
+    }
+}
+
 fn io_thread(ram: &GuestRam, gpa: u64, targets: &[Target], shared: &Shared, kick: &EventFd, spin: Duration) {
     // Signals are for the vCPU thread: its handler sets `immediate_exit` on the vCPU.
     let _ = nix::sys::signal::SigSet::all().thread_block();
@@ -498,17 +514,14 @@ impl Worker<'_> {
         }
     }
 
-    /// Spins for up to `self.spin` (if `spin`) while the guest runs, then asks for a kick and
-    /// sleeps. While the guest sleeps in POLL it cannot post anything, so the thread sleeps at
-    /// once, unless the guest is busy (a transfer: [`BUSY_SPIN`]). False once told to stop.
+    /// Spins (if `spin`) for as long as [`spin_limit`] says, then asks for a kick and sleeps.
+    /// False once told to stop.
     fn wait_for_work(&self, spin: bool) -> Result<bool, RingFault> {
         loop {
             let start = Instant::now();
-            let limit = |polling: bool| match (spin && !self.spin.is_zero(), polling) {
-                (false, _) => Duration::ZERO,
-                (true, false) => self.spin,
-                (true, true) if self.shared.busy.load(Ordering::Relaxed) => self.spin.max(BUSY_SPIN),
-                (true, true) => Duration::ZERO,
+            let limit = |polling: bool| {
+                let spin = if spin { self.spin } else { Duration::ZERO };
+                spin_limit(spin, self.shared.busy.load(Ordering::Relaxed), polling)
             };
             while start.elapsed() < limit(self.shared.vcpu_polling.load(Ordering::Relaxed)) {
                 for _ in 0..SPIN_CHECK {

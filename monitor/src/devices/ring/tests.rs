@@ -475,3 +475,19 @@ fn a_poll_that_finds_a_frame_wakes_the_thread_only_after_a_burst() {
     assert_eq!(poll_after(0, true), 1, "nothing went through the ring since");
     assert!(ring.stop());
 }
+
+/// The thread's spin before it sleeps: `--ring-spin` while the guest runs, nothing while it
+/// sleeps in POLL, and at least BUSY_SPIN for a busy guest either way; `--ring-spin=0` (or a
+/// thread that has served nothing yet) never spins.
+#[test]
+fn a_busy_guests_thread_spins_whether_the_guest_runs_or_polls() {
+    let us = Duration::from_micros;
+    assert_eq!(spin_limit(us(20), false, false), us(20), "a guest that runs");
+    assert_eq!(spin_limit(us(20), false, true), Duration::ZERO, "a guest asleep in POLL posts nothing");
+    assert_eq!(spin_limit(us(20), true, false), BUSY_SPIN, "a transfer, guest running");
+    assert_eq!(spin_limit(us(20), true, true), BUSY_SPIN, "a transfer, guest between windows");
+    assert_eq!(spin_limit(us(1000), true, true), us(1000), "a longer --ring-spin stays");
+    for (busy, polling) in [(false, false), (false, true), (true, false), (true, true)] {
+        assert_eq!(spin_limit(Duration::ZERO, busy, polling), Duration::ZERO, "--ring-spin=0");
+    }
+}
