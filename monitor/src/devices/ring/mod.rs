@@ -83,12 +83,12 @@ pub const SPIN_DEFAULT_US: u32 = 20;
 /// The longest `--ring-spin`: beyond a millisecond a spinning thread costs more than the wake-up
 /// it saves on any host.
 pub const SPIN_MAX_US: u32 = 1000;
-/// Entries the guest must have had carried out between two POLLs to count as busy (a transfer
-/// or a burst; it stays busy until a wake-up that moves nothing through the ring): the thread
-/// then spins [`BUSY_SPIN`] after its last entry, through the guest's POLL too, and is woken
-/// when the POLL ends with a frame ([`Ring::leave_poll`]). A request and its reply (a few entries, a waiting read among
-/// them) are not: for them the thread's wake-up on a CPU the client may be using costs more
-/// than reading by hypercall.
+/// Entries the guest must have had carried out between two waits for its peer (POLLs, or reads
+/// the thread held for a frame) to count as busy: a transfer or a burst (see
+/// `Shared::end_period`). The thread then spins [`BUSY_SPIN`] after its last entry, through the
+/// guest's POLL too, and is woken when the POLL ends with a frame ([`Ring::leave_poll`]). A
+/// request and its reply (a few entries) are not: for them a thread spinning or woken on a CPU
+/// the client may be using costs more than it saves.
 const BUSY_ENTRIES: u32 = 16;
 /// How long the thread of a busy guest ([`BUSY_ENTRIES`]) looks at the ring after its last entry,
 /// whether the guest runs or sleeps in POLL (with `--ring-spin` above 0): in a transfer the guest sleeps
@@ -186,14 +186,26 @@ struct Shared {
     vcpu_polling: AtomicBool,
     /// Non-blocking; in the poller's ring set (edge-triggered, never read).
     progress: EventFd,
-    /// Entries the thread has carried out since [`Ring::enter_poll`] last took the count.
+    /// Entries the thread has carried out since the guest last waited for its peer.
     served: AtomicU32,
     /// Whether the guest moved [`BUSY_ENTRIES`] or more through the ring before its current (or
-    /// last) POLL: set by [`Ring::enter_poll`].
+    /// last) wait for its peer: set by [`Shared::end_period`].
     busy: AtomicBool,
 }
 
 impl Shared {
+    /// Ends a period of the guest's activity, when it starts to wait for its peer (a POLL, or a
+    /// read the thread holds until a frame arrives): the guest is busy if it moved
+    /// [`BUSY_ENTRIES`] or more through the ring in the period. With `sticky` (a POLL) a
+    /// transfer stays busy through the short waits between its bursts (a segment that came
+    /// ahead of the rest), until a period that moved nothing through the ring; a waiting read
+    /// always comes after something moved, so it judges its period alone.
+    fn end_period(&self, sticky: bool) {
+        let served = self.served.swap(0, Ordering::Relaxed);
+        let was_busy = sticky && self.busy.load(Ordering::Relaxed);
+        self.busy.store(served >= BUSY_ENTRIES || (was_busy && served > 0), Ordering::Relaxed);
+    }
+
     fn record(&self, fault: RingFault) {
         let (kind, a, b) = match fault {
             RingFault::Access(f) => (if f.write { 2 } else { 1 }, f.gpa, f.len),
@@ -331,11 +343,7 @@ impl Ring {
     /// indices are its own to lie about: a guest that does only makes its own POLL return early
     /// or late (never later than its timeout).
     pub fn enter_poll(&self) -> PollFor {
-        // A transfer stays busy through the short wake-ups between its bursts (a segment that
-        // came ahead of the rest), until a wake-up that moved nothing through the ring.
-        let served = self.shared.served.swap(0, Ordering::Relaxed);
-        let was_busy = self.shared.busy.load(Ordering::Relaxed);
-        self.shared.busy.store(served >= BUSY_ENTRIES || (was_busy && served > 0), Ordering::Relaxed);
+        self.shared.end_period(true);
         self.shared.vcpu_polling.store(true, Ordering::Relaxed);
         // Store-load barrier, paired with the thread's "store ent_head; mfence; load
         // vcpu_polling": either we see its progress or it sees us polling and signals.
@@ -571,7 +579,7 @@ impl Worker<'_> {
         if tail.wrapping_sub(self.ent_head) > NET_RING_ENTRIES {
             return Err(RingFault::Index { head: self.ent_head, tail });
         }
-        let first = self.ent_head;
+        let mut first = self.ent_head;
         while self.ent_head != tail {
             if pass == Pass::Serving && self.shared.stop.load(Ordering::Acquire) {
                 break;
@@ -602,6 +610,11 @@ impl Worker<'_> {
                     // The ring answers OK, AGAIN or EINVAL (ABI section 9), never EUNSPEC.
                     let mut answer = tap.read(self.ram, data, len).map_err(fault)?;
                     if answer.0 == SOLO5_R_AGAIN && entry.offset != 0 && self.may_wait(pass) {
+                        // The guest waits for its peer here, as in POLL: one request and its
+                        // answer between two such waits are not a transfer.
+                        self.shared.served.fetch_add(self.ent_head.wrapping_sub(first), Ordering::Relaxed);
+                        first = self.ent_head;
+                        self.shared.end_period(false);
                         answer = self.wait_for_frame(tap, entry.offset, data, len).map_err(fault)?;
                     }
                     let (ret, got) = match answer {

@@ -491,3 +491,46 @@ fn a_busy_guests_thread_spins_whether_the_guest_runs_or_polls() {
         assert_eq!(spin_limit(Duration::ZERO, busy, polling), Duration::ZERO, "--ring-spin=0");
     }
 }
+
+/// A guest is busy when it moved BUSY_ENTRIES or more through the ring between two waits for its
+/// peer: a POLL (where a transfer stays busy through short wake-ups) or a read the thread held
+/// for a frame (where one request and its answer are judged alone, so that a service answering
+/// requests back to back, which never POLLs, is not taken for a transfer).
+#[test]
+fn the_guest_is_busy_after_a_burst_between_two_waits_for_its_peer() {
+    let r = rig();
+    let taps = r.taps();
+    let mut worker = r.worker(&taps, 0, 0);
+    r.ram.write_setup(BUF, &[7; 60]).unwrap();
+    let busy = || r.shared.busy.load(Ordering::Relaxed);
+    let mut tail = 0;
+    // `writes` frames, then a read that waits (the tap stays empty) if `wait`.
+    let mut period = |writes: u32, wait: bool| {
+        for _ in 0..writes {
+            r.post(tail, entry(NET_RING_OP_WRITE, 1, BUF, 60, tail));
+            tail += 1;
+        }
+        if wait {
+            r.post(tail, waiting_read(tail, 1_000));
+            tail += 1;
+        }
+        r.set_tail(tail);
+        worker.process(Pass::Serving).unwrap();
+        let mut frame = [0u8; 100];
+        for _ in 0..writes {
+            assert_eq!(r.host_side.recv(&mut frame).unwrap(), 60);
+        }
+    };
+    period(BUSY_ENTRIES, true);
+    assert!(busy(), "a window of segments, then a wait for the ACK");
+    period(3, true);
+    assert!(!busy(), "a request's answer, then a wait for the next request");
+    period(BUSY_ENTRIES, false);
+    r.shared.end_period(true);
+    assert!(busy(), "a burst, then a POLL");
+    period(1, false);
+    r.shared.end_period(true);
+    assert!(busy(), "a POLL woken by one segment ahead of the rest");
+    r.shared.end_period(true);
+    assert!(!busy(), "a POLL after a period that moved nothing");
+}
