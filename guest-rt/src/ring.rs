@@ -66,19 +66,26 @@ pub const SETTLE_NS: u64 = 300_000;
 pub const WAIT_FIRST_NS: u64 = 50_000;
 pub const WAIT_MAX_NS: u64 = 1_000_000;
 
-/// Waits until `done()`: spins for `spin_ns`, then sleeps in POLL between looks.
-fn wait_until(spin_ns: u64, mut done: impl FnMut() -> bool) {
-    let start = crate::monotonic_ns();
+/// Spins until `done()` or until `spin_ns` have passed on the clock `now`; whether `done()`.
+fn spin_until(spin_ns: u64, mut now: impl FnMut() -> u64, mut done: impl FnMut() -> bool) -> bool {
+    let start = now();
     loop {
         for _ in 0..64 {
             if done() {
-                return;
+                return true;
             }
             core::hint::spin_loop();
         }
-        if crate::monotonic_ns().wrapping_sub(start) > spin_ns {
-            break;
+        if now().wrapping_sub(start) > spin_ns {
+            return false;
         }
+    }
+}
+
+/// Waits until `done()`: spins for `spin_ns`, then sleeps in POLL between looks.
+fn wait_until(spin_ns: u64, mut done: impl FnMut() -> bool) {
+    if spin_until(spin_ns, crate::monotonic_ns, &mut done) {
+        return;
     }
     let mut timeout = WAIT_FIRST_NS;
     while !done() {
@@ -218,27 +225,16 @@ impl Ring {
     }
 
     /// [`settle`] on this ring, with `now` as the clock.
-    fn settle(self, limit_ns: u64, mut now: impl FnMut() -> u64) -> bool {
+    fn settle(self, limit_ns: u64, now: impl FnMut() -> u64) -> bool {
         let tail = self.index(NET_RING_ENT_TAIL).load(Ordering::Relaxed);
-        let consumed = || self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire) == tail;
-        let pending = tail.wrapping_sub(self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire));
+        let head = || self.index(NET_RING_ENT_HEAD).load(Ordering::Acquire);
+        let pending = tail.wrapping_sub(head());
         // An asleep thread has nothing of ours left (it sleeps only on an empty ring); a guest
         // that kicked it waits for its wake-up in POLL, as any wait for the thread does.
         if pending == 0 || pending > SETTLE_ENTRIES || self.index(NET_RING_NEEDS_KICK).load(Ordering::Relaxed) != 0 {
             return false;
         }
-        let start = now();
-        loop {
-            for _ in 0..64 {
-                if consumed() {
-                    return true;
-                }
-                core::hint::spin_loop();
-            }
-            if now().wrapping_sub(start) > limit_ns {
-                return false;
-            }
-        }
+        spin_until(limit_ns, now, || head() == tail)
     }
 
     /// Waits until the tender has carried out every posted entry.

@@ -102,38 +102,32 @@ impl Phy {
     }
 }
 
+const TCP: usize = 6;
+const UDP: usize = 17;
+
+/// An IPv4 or IPv6 frame's (protocol, offset of the transport header, end of the IP packet), from
+/// its headers as they claim; `None` for other frames and for frames too short to say.
+fn ip_packet(frame: &[u8]) -> Option<(usize, usize, usize)> {
+    let byte = |at: usize| frame.get(at).copied().map(usize::from);
+    match frame.get(12..14)? {
+        [0x08, 0x00] => Some((byte(23)?, 14 + (byte(14)? & 0xf) * 4, 14 + (byte(16)? << 8 | byte(17)?))),
+        [0x86, 0xdd] => Some((byte(20)?, 54, 54 + (byte(18)? << 8 | byte(19)?))),
+        _ => None,
+    }
+}
+
 /// A unicast IPv4 or IPv6 frame carrying TCP or UDP (not a broadcast, an ARP or a ping).
 fn request_traffic(frame: &[u8]) -> bool {
-    const TCP: u8 = 6;
-    const UDP: u8 = 17;
     let unicast = frame.first().is_some_and(|b| b & 1 == 0);
-    let protocol = match frame.get(12..14) {
-        Some([0x08, 0x00]) => frame.get(14 + 9),
-        Some([0x86, 0xdd]) => frame.get(14 + 6),
-        _ => None,
-    };
-    unicast && matches!(protocol, Some(&TCP | &UDP))
+    unicast && ip_packet(frame).is_some_and(|(protocol, _, _)| protocol == TCP || protocol == UDP)
 }
 
 /// A TCP segment carrying data or a UDP datagram, over IPv4 or IPv6 (an answer, not a bare ACK).
 fn carries_data(frame: &[u8]) -> bool {
-    const TCP: u8 = 6;
-    const UDP: u8 = 17;
     let byte = |at: usize| frame.get(at).copied().map(usize::from);
-    // (protocol, where the transport header starts, where the IP packet ends)
-    let ip = match frame.get(12..14) {
-        Some([0x08, 0x00]) => (|| {
-            let header = (byte(14)? & 0xf) * 4;
-            Some((byte(23)?, 14 + header, 14 + (byte(16)? << 8 | byte(17)?)))
-        })(),
-        Some([0x86, 0xdd]) => (|| Some((byte(20)?, 54, 54 + (byte(18)? << 8 | byte(19)?))))(),
-        _ => None,
-    };
-    match ip {
-        Some((p, _, _)) if p == usize::from(UDP) => true,
-        Some((p, transport, end)) if p == usize::from(TCP) => {
-            byte(transport + 12).is_some_and(|offset| transport + (offset >> 4) * 4 < end)
-        }
+    match ip_packet(frame) {
+        Some((UDP, _, _)) => true,
+        Some((TCP, transport, end)) => byte(transport + 12).is_some_and(|offset| transport + (offset >> 4) * 4 < end),
         _ => false,
     }
 }
